@@ -1,0 +1,17 @@
+"""ghost-yolo: tiny, low-bit detectors for multimodal (colour + infrared) remote sensing, on Ultralytics YOLO.
+
+Importing the package registers its modules (needed by DDP workers and checkpoint loading) and switches Ultralytics
+to offline mode: nothing is downloaded at run time.
+"""
+
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: no hub, font or weight downloads
+
+__version__ = "0.1.0"
+
+from ghost_yolo.engine import GhostPredictor, GhostTrainer, GhostValidator, GhostYOLO  # noqa: E402
+from ghost_yolo.nn import DualStreamStem, GhostDetectionModel  # noqa: E402
+
+__all__ = ("GhostYOLO", "GhostTrainer", "GhostValidator", "GhostPredictor", "GhostDetectionModel", "DualStreamStem",
+           "__version__")

@@ -1,0 +1,105 @@
+"""Resolving and checking data YAMLs: shipped names, the generated vedai-synth set, modality and channels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.utils import LOGGER, YAML
+
+from ghost_yolo.cfg import DATASETS_CFG_DIR, resolve_yaml
+
+from .io import MODALITIES, check_modality, modality_for_channels
+from .pairing import Pairing
+
+SYNTH_YAML = "vedai-synth.yaml"
+
+
+def datasets_dir() -> Path:
+    """Where generated data lands: ``$GHOST_DATASETS_DIR`` or ``./datasets`` (next to ``./runs``)."""
+    return Path(os.environ.get("GHOST_DATASETS_DIR") or Path.cwd() / "datasets").resolve()
+
+
+def ensure_vedai_synth() -> Path:
+    """Generate vedai-synth on first use and return its data YAML (absolute ``path:``, as Ultralytics needs)."""
+    from .synthetic import generate_vedai_synth
+
+    spec = YAML.load(DATASETS_CFG_DIR / SYNTH_YAML)
+    root = datasets_dir() / "vedai-synth"
+    if not (root / "images").is_dir():
+        LOGGER.info(f"Generating vedai-synth into {root} (first use, seeded; about half a minute) ...")
+        generate_vedai_synth(root, **spec.get("generator", {}))
+    yaml_file = root / SYNTH_YAML
+    if not yaml_file.exists():
+        spec = {k: v for k, v in spec.items() if k != "generator"}
+        YAML.save(yaml_file, {**spec, "path": str(root)})
+    return yaml_file
+
+
+def resolve_data(data: str | Path | None) -> str:
+    """Turn a data argument into a YAML path: shipped names resolve, vedai-synth is generated when first asked for."""
+    data = str(data or SYNTH_YAML)
+    path = resolve_yaml(data, "datasets")
+    if Path(path).resolve() == (DATASETS_CFG_DIR / SYNTH_YAML).resolve():
+        return str(ensure_vedai_synth())
+    return path
+
+
+def apply_modality(d: dict[str, Any], modality: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+    """Settle pairing, modality and input channels of a checked data dict (in place, and returned).
+
+    Modality: the ``modality`` key if given, else the YAML's ``modality:``, else rgb+ir for paired data and the
+    YAML's ``channels`` for plain single-modality data (DOTA, NWPU, DIOR converted to YOLO).
+    """
+    source = d.get("yaml_file", "the data YAML")
+    pairing = Pairing.from_config(d, overrides)  # validates the convention name
+    if pairing is None:
+        chosen = check_modality(modality) if modality else modality_for_channels(d.get("channels", 3))
+        if chosen != modality_for_channels(d.get("channels", 3)):
+            raise ValueError(f"modality={chosen} needs paired data, but {source} has no 'pairing:' (suffix or folders)")
+    else:
+        chosen = check_modality(modality or d.get("modality") or "rgb+ir")
+    d["modality"], d["channels"] = chosen, MODALITIES[chosen]
+    return d
+
+
+def check_data(data: str | Path | None, modality: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+    """Resolve a data argument, load it through Ultralytics' checks and settle its modality."""
+    return apply_modality(check_det_dataset(resolve_data(data)), modality, overrides)
+
+
+def build_dataset(cfg: Any, img_path: str, batch: int, data: dict[str, Any], mode: str = "train", rect: bool = False,
+                  stride: int = 32, fraction: float | None = None):
+    """Paired dataset for paired data YAMLs, Ultralytics' own builder for plain ones."""
+    from ultralytics.data.build import build_yolo_dataset, get_split_fraction
+    from ultralytics.utils import colorstr
+
+    from .dataset import PairedDataset
+
+    pairing = Pairing.from_config(data, vars(cfg))
+    if pairing is None:
+        return build_yolo_dataset(cfg, img_path, batch, data, mode=mode, rect=rect, stride=stride, fraction=fraction)
+    if fraction is None:
+        fraction = get_split_fraction(cfg.fraction, "train" if mode == "train" else cfg.split)
+    return PairedDataset(
+        img_path=img_path,
+        imgsz=cfg.imgsz,
+        batch_size=batch,
+        augment=mode == "train",
+        hyp=cfg,
+        rect=cfg.rect or rect,
+        cache=cfg.cache or None,
+        single_cls=cfg.single_cls or False,
+        stride=stride,
+        pad=0.0 if mode == "train" else 0.5,
+        prefix=colorstr(f"{mode}: "),
+        task=cfg.task,
+        classes=cfg.classes,
+        data=data,
+        fraction=fraction,
+        pairing=pairing,
+        modality=data["modality"],
+        ir_jitter=getattr(cfg, "ir_jitter", 0.0) or 0.0,
+    )

@@ -1,0 +1,107 @@
+"""GhostYOLO: the Python API, an Ultralytics ``Model`` whose task map points at ghost-yolo's classes.
+
+``GhostYOLO('ghost-n.yaml').train(data=...)``, ``GhostYOLO('runs/.../best.pt').val() / .predict() / .export()``
+work like ``YOLO``; ghost keys (``modality``, ``ir_jitter``, pairing names) are accepted next to Ultralytics' own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from ultralytics.engine.model import Model
+from ultralytics.utils import LOGGER, colorstr
+
+from ghost_yolo.cfg import resolve_yaml, split_ghost_args
+from ghost_yolo.data.io import modality_for_channels
+from ghost_yolo.nn.model import GhostDetectionModel
+
+from .predictor import GhostPredictor
+from .trainer import GhostTrainer
+from .validator import GhostValidator
+
+# What bare `ghost train` runs: the built-in synthetic set, sized to finish in minutes on 2 CPU cores.
+DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 30, "batch": 16, "close_mosaic": 5}
+
+
+class GhostYOLO(Model):
+    """Ultralytics-style model for multimodal (RGB + IR) remote sensing detection.
+
+    Args:
+        model (str | Path): Model YAML (path or shipped name such as ``ghost-n.yaml``), ``.pt`` checkpoint or ``.onnx``.
+        task (str): Only ``detect``.
+        verbose (bool): Print the model summary when building from a YAML.
+    """
+
+    def __init__(self, model: str | Path = "ghost-n.yaml", task: str = "detect", verbose: bool = False) -> None:
+        """Resolve shipped YAML names, then initialise like ``YOLO``."""
+        model = str(model)
+        if Path(model).suffix in {".yaml", ".yml"} or not Path(model).suffix:
+            resolved = resolve_yaml(model, "models")
+            if not Path(resolved).is_file() and Path(model).suffix:
+                raise FileNotFoundError(f"model YAML '{model}' not found (shipped: ghost-n.yaml, ghost-s.yaml, "
+                                        "ghost-n-dual.yaml, ghost-s-dual.yaml)")
+            model = resolved if Path(resolved).is_file() else model
+        elif not Path(model).exists():
+            raise FileNotFoundError(f"model '{model}' not found")
+        super().__init__(model=model, task=task, verbose=verbose)
+
+    @property
+    def task_map(self) -> dict[str, dict[str, Any]]:
+        """Ghost classes for the detect task."""
+        return {
+            "detect": {
+                "model": GhostDetectionModel,
+                "trainer": GhostTrainer,
+                "validator": GhostValidator,
+                "predictor": GhostPredictor,
+            }
+        }
+
+    @property
+    def channels(self) -> int | None:
+        """Input channels of the loaded model: from the PyTorch model or the ONNX metadata."""
+        if isinstance(self.model, nn.Module):
+            return int(self.model.yaml.get("channels", 3))
+        if str(self.model).endswith(".onnx"):
+            import onnx
+
+            meta = {p.key: p.value for p in onnx.load(str(self.model), load_external_data=False).metadata_props}
+            return int(meta["channels"]) if "channels" in meta else None
+        return None
+
+    def train(self, trainer: Any = None, **kwargs: Any):
+        """Train; with no ``data`` (and no resume) this is the demo run on vedai-synth (see ``DEMO_ARGS``)."""
+        if not kwargs.get("data") and not kwargs.get("resume") and not kwargs.get("cfg"):
+            data = self.overrides.get("data")
+            if data and isinstance(self.model, nn.Module) and getattr(self, "ckpt", None):
+                kwargs["data"] = data  # fine-tuning a checkpoint: keep its data
+            else:
+                defaults = {k: v for k, v in DEMO_ARGS.items() if k not in kwargs}
+                LOGGER.info(f"{colorstr('ghost:')} no data given, training the demo on vedai-synth with {defaults}. "
+                            "Pass data=your.yaml for your own data.")
+                kwargs = {**DEMO_ARGS, **kwargs}
+        return super().train(trainer=trainer, **kwargs)
+
+    def val(self, validator: Any = None, **kwargs: Any):
+        """Validate on paired data in the model's own modality (from its input channels)."""
+        if not kwargs.get("modality") and (ch := self.channels):
+            kwargs["modality"] = modality_for_channels(ch)
+        return super().val(validator=validator, **kwargs)
+
+    def predict(self, source: Any = None, stream: bool = False, predictor: Any = None, **kwargs: Any):
+        """Predict on pairs (folders, ``a_co.png``, two paths), arrays or plain images."""
+        if split_ghost_args(kwargs)[1]:
+            self.predictor = None  # ghost keys are set up at construction: rebuild the predictor
+        return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
+
+    def export(self, **kwargs: Any) -> str:
+        """Export (ONNX with one input of the model's channels); ghost keys are not export options."""
+        stock, _ = split_ghost_args(kwargs)
+        saved = self.overrides
+        self.overrides = split_ghost_args(self.overrides)[0]
+        try:
+            return super().export(**stock)
+        finally:
+            self.overrides = saved

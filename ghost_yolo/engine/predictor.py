@@ -1,0 +1,55 @@
+"""GhostPredictor: Ultralytics' DetectionPredictor fed with image pairs, saving colour | IR annotated images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import torch
+from ultralytics.models.yolo.detect import DetectionPredictor
+from ultralytics.utils import DEFAULT_CFG, ops
+from ultralytics.utils.checks import check_imgsz
+
+from ghost_yolo.cfg import ghost_defaults, split_ghost_args
+from ghost_yolo.data.io import modality_for_channels, split_modalities
+from ghost_yolo.data.pairing import Pairing
+from ghost_yolo.data.sources import LoadImagePairs, find_pairs, is_paired_source, looks_paired
+
+from .results import PairedResults
+
+
+class GhostPredictor(DetectionPredictor):
+    """Predictor whose folder/file sources are colour/IR pairs found by either convention."""
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
+        """Strip ghost keys before Ultralytics' key check, then keep them on ``self.args``."""
+        stock, ghost = split_ghost_args(overrides)
+        super().__init__(cfg, stock, _callbacks)
+        for k, v in {**ghost_defaults(), **ghost}.items():
+            setattr(self.args, k, v)
+
+    @property
+    def modality(self) -> str:
+        """The loaded model's modality, from its input channels (PyTorch, ONNX metadata alike)."""
+        return modality_for_channels(int(getattr(self.model, "channels", 3)))
+
+    def setup_source(self, source: Any, stride: int | None = None) -> None:
+        """Pairs for file/folder sources; Ultralytics' own loaders for arrays, streams and plain colour images."""
+        names = {k: getattr(self.args, k) for k in ("rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")}
+        pairing = Pairing(**{k: str(v) for k, v in names.items() if v}) if any(names.values()) else None
+        if not is_paired_source(source) or (self.modality == "rgb" and not looks_paired(source, pairing)):
+            return super().setup_source(source, stride)
+        if hasattr(self.model, "imgsz") and not getattr(self.model, "dynamic", False):
+            self.args.imgsz = self.model.imgsz
+        self.imgsz = check_imgsz(self.args.imgsz, stride=stride or self.model.stride, min_dim=2)
+        self.dataset = LoadImagePairs(find_pairs(source, pairing), self.modality, batch=self.args.batch)
+        self.source_type = self.dataset.source_type
+        self.vid_writer = {}
+
+    def construct_result(self, pred: torch.Tensor, img: torch.Tensor, orig_img, img_path: str) -> PairedResults:
+        """Results on the colour image (IR-only models: the IR band), keeping the IR band for side-by-side plots."""
+        pred[:, :4] = ops.scale_boxes(img.shape[2:], pred[:, :4], orig_img.shape)
+        bgr, ir = split_modalities(orig_img, self.modality) if orig_img.ndim == 3 else (orig_img, None)
+        if bgr is None:  # ir-only model: draw on the IR band itself
+            bgr, ir = cv2.cvtColor(ir, cv2.COLOR_GRAY2BGR), None
+        return PairedResults(bgr, path=img_path, names=self.model.names, boxes=pred[:, :6], ir_img=ir)

@@ -1,0 +1,55 @@
+"""GhostValidator: Ultralytics' DetectionValidator on paired data, with both-modality plots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.utils import ops
+
+from ghost_yolo.cfg import ghost_defaults, split_ghost_args
+from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
+from ghost_yolo.utils.plotting import plot_paired_images
+
+
+class GhostValidator(DetectionValidator):
+    """Detection validator whose dataset pairs colour and IR; the modality is the model's (set by GhostYOLO.val)."""
+
+    def __init__(self, dataloader=None, save_dir=None, args: Any = None, _callbacks: dict | None = None) -> None:
+        """Strip ghost keys before Ultralytics re-checks args against its own defaults, then keep them."""
+        stock, ghost = split_ghost_args(args)
+        if stock.get("data"):
+            stock["data"] = resolve_data(stock["data"])
+        super().__init__(dataloader, save_dir, stock, _callbacks)
+        for k, v in {**ghost_defaults(), **ghost}.items():
+            setattr(self.args, k, v)
+
+    def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
+        """Paired dataset in the model's modality (channels are settled here, before Ultralytics' warmup)."""
+        if "modality" not in self.data or (self.args.modality and self.data["modality"] != self.args.modality):
+            apply_modality(self.data, self.args.modality, vars(self.args))
+        return build_dataset(self.args, img_path, batch, self.data, mode=mode, stride=self.stride)
+
+    @property
+    def modality(self) -> str:
+        """Modality of the data being validated."""
+        return self.data.get("modality", "rgb")
+
+    def plot_val_samples(self, batch: dict[str, Any], ni: int) -> None:
+        """Ground truth on colour and IR side by side."""
+        plot_paired_images(batch, batch["img"], self.modality, paths=batch["im_file"],
+                           fname=self.save_dir / f"val_batch{ni}_labels.jpg", names=self.names, on_plot=self.on_plot)
+
+    def plot_predictions(self, batch: dict[str, Any], preds: list[dict[str, torch.Tensor]], ni: int,
+                         max_det: int | None = None) -> None:
+        """Predictions on colour and IR side by side."""
+        if not preds:
+            return
+        for i, pred in enumerate(preds):
+            pred["batch_idx"] = torch.ones_like(pred["conf"]) * i
+        max_det = max_det or self.args.max_det
+        batched = {k: torch.cat([x[k][:max_det] for x in preds], dim=0) for k in preds[0].keys()}
+        batched["bboxes"] = ops.xyxy2xywh(batched["bboxes"])
+        plot_paired_images(batched, batch["img"], self.modality, paths=batch["im_file"],
+                           fname=self.save_dir / f"val_batch{ni}_pred.jpg", names=self.names, on_plot=self.on_plot)

@@ -1,0 +1,95 @@
+"""GhostDetectionModel: Ultralytics' DetectionModel built from ghost YAMLs, with custom blocks and ``act:``.
+
+Ultralytics resolves YAML module names in its own namespace and does no channel bookkeeping for unknown ones, so a
+custom block is first built as a shape-equivalent ``Conv`` stand-in and swapped in afterwards, reading its channels
+from the stand-in. The original YAML stays in ``model.yaml`` so checkpoints, resume and DDP rebuild the same model.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from ultralytics.nn.modules import Conv
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils.torch_utils import initialize_weights
+
+from ghost_yolo.cfg import resolve_yaml
+
+from .fusion import DualStreamStem
+
+# Blocks a YAML may name that Ultralytics does not know: name -> (class, stand-in used while parsing).
+GHOST_MODULES: dict[str, type[nn.Module]] = {"DualStreamStem": DualStreamStem}
+ACTIVATIONS = {"silu": "nn.SiLU()", "relu": "nn.ReLU()", "relu6": "nn.ReLU6()", "leakyrelu": "nn.LeakyReLU(0.1)",
+               "hardswish": "nn.Hardswish()"}
+
+
+def load_model_yaml(cfg: str | Path | dict) -> dict[str, Any]:
+    """Load a model YAML by path or shipped name and normalise ``act:`` into Ultralytics' ``activation:``."""
+    if isinstance(cfg, dict):
+        d = deepcopy(cfg)
+    else:
+        path = resolve_yaml(cfg, "models")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model YAML '{cfg}' not found (shipped ones: ghost-n.yaml, ghost-s.yaml, "
+                                    "ghost-n-dual.yaml, ghost-s-dual.yaml)")
+        d = YAML.load(path)
+        d["yaml_file"] = str(path)
+    if act := d.pop("act", None):
+        key = str(act).lower().replace("nn.", "").replace("()", "")
+        if key not in ACTIVATIONS:
+            raise ValueError(f"unknown act '{act}' in model YAML: use one of {', '.join(ACTIVATIONS)}")
+        d["activation"] = ACTIVATIONS[key]
+    return d
+
+
+def _with_stand_ins(d: dict[str, Any]) -> tuple[dict[str, Any], dict[int, tuple[str, list]]]:
+    """Copy of the YAML with ghost blocks renamed to Conv, and {layer index: (block name, args)} to swap back."""
+    d = deepcopy(d)
+    swaps = {}
+    for i, layer in enumerate(d["backbone"] + d["head"]):
+        if layer[2] in GHOST_MODULES:
+            swaps[i] = (layer[2], list(layer[3]))
+            layer[2] = "Conv"
+            layer[3] = list(layer[3][:3])  # c2, k, s: the stand-in's output matches the block's
+    return d, swaps
+
+
+class GhostDetectionModel(DetectionModel):
+    """DetectionModel that understands ghost YAMLs (dual-stream stems, ``act:``) and remembers them for rebuilds."""
+
+    def __init__(self, cfg: str | dict = "ghost-n.yaml", ch: int | None = None, nc: int | None = None,
+                 verbose: bool = True):
+        """Build from a YAML path, shipped name or dict; ``ch`` follows the data (4 for rgb+ir), else the YAML's."""
+        yaml = load_model_yaml(cfg)
+        ch = ch or yaml.get("channels", 3)
+        parse_yaml, swaps = _with_stand_ins(yaml)
+        default_act = Conv.default_act
+        try:  # Ultralytics sets Conv.default_act globally for `activation:`; keep that local to this model
+            super().__init__(parse_yaml, ch=ch, nc=nc, verbose=verbose and not swaps)
+        finally:
+            Conv.default_act = default_act
+        for i, (name, args) in swaps.items():
+            stand_in = self.model[i]
+            block = GHOST_MODULES[name](stand_in.conv.in_channels, stand_in.conv.out_channels, *args[1:])
+            block.i, block.f, block.type = stand_in.i, stand_in.f, f"ghost_yolo.nn.{name}"
+            block.np = sum(p.numel() for p in block.parameters())
+            self.model[i] = block
+        if swaps:
+            initialize_weights(self)
+            if verbose:
+                self.info()
+                LOGGER.info("")
+        for k in ("channels", "nc"):
+            yaml[k] = parse_yaml[k]
+        self.yaml = yaml  # the real YAML (not the stand-in one): checkpoints and resume rebuild from it
+
+    @property
+    def modality(self) -> str:
+        """The input modality this model was built for, from its channel count."""
+        from ghost_yolo.data.io import modality_for_channels
+
+        return modality_for_channels(self.yaml.get("channels", 3))
