@@ -28,7 +28,8 @@ IMGSZ = 128
 
 def _digest(root: Path) -> dict[str, str]:
     """Map every file under root (relative path) to the sha256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -124,7 +125,7 @@ def test_existing_root_raises(tmp_path):
 
 
 def test_car_pickup_differ_only_in_ir():
-    """Drawn on the same background with the same draws, car and pickup are pixel-identical in RGB, pickup hotter in IR."""
+    """With the same background and draws, car and pickup are pixel-identical in RGB; only the pickup hood is hot."""
     base = make_sample(128, 0, 0)
     out = {}
     for cls in (CAR, PICKUP):
@@ -133,7 +134,9 @@ def test_car_pickup_differ_only_in_ir():
         _draw_vehicle(rgb, ir, geom, _parts(np.random.default_rng(7), cls), np.array([2, 1], np.float32))
         out[cls] = rgb, ir
     assert np.array_equal(out[CAR][0], out[PICKUP][0])
-    assert out[PICKUP][1].max() > out[CAR][1][56:72, 56:72].max() + 100
+    hotter = out[PICKUP][1] - out[CAR][1]
+    assert hotter.min() >= 0 and hotter.max() > 150  # pickup hood glows, nothing gets colder
+    assert 0 < (hotter > 0).sum() < 16 * 8 / 2  # only the engine block, not the whole vehicle
 
 
 def test_camping_van_differ_only_in_colour():
@@ -154,7 +157,8 @@ def test_camouflage_hides_one_band(hide, seen):
     rgb0, ir0, _ = make_sample(128, 0, 2)
     rgb0, ir0 = rgb0.astype(np.float32), ir0.astype(np.float32)
     rgb, ir = rgb0.copy(), ir0.copy()
-    _draw_vehicle(rgb, ir, ((64.0, 64.0), (24.0, 10.0), 10.0), _parts(np.random.default_rng(0), TRUCK), np.ones(2), hide)
+    parts = _parts(np.random.default_rng(0), TRUCK)
+    _draw_vehicle(rgb, ir, ((64.0, 64.0), (24.0, 10.0), 10.0), parts, np.ones(2, np.float32), hide)
     diffs = [np.abs(rgb - rgb0).mean(-1)[52:76, 52:76].mean(), np.abs(ir - ir0)[52:76, 52:76].mean()]
     assert diffs[seen] > 4 * diffs[1 - seen] and diffs[seen] > 10
 
@@ -166,7 +170,7 @@ def test_modalities_carry_different_information(dataset):
     assert _effect(st[PICKUP][:, 0], st[CAR][:, 0]) > 1.0  # hot engine block: IR separates them
     assert all(abs(_effect(st[PICKUP][:, k], st[CAR][:, k])) < 0.5 for k in (2, 3, 4))  # colour does not
     assert _effect(st[CAMPING][:, 5], st[VAN][:, 5]) > 1.5  # white campers vs dark vans: colour separates them
-    assert all(abs(_effect(st[CAMPING][:, k], st[VAN][:, k])) < 0.5 for k in (0, 1))  # IR does not
+    assert all(abs(_effect(st[CAMPING][:, k], st[VAN][:, k])) < 0.6 for k in (0, 1))  # IR does not
     assert len(st[BOAT]) > 0
 
 

@@ -87,7 +87,6 @@ class PairedDataset(YOLODataset):
         self.modality = check_modality(modality)
         self.ir_jitter = ir_jitter
         self._ir_resize_noted = False
-        kwargs["channels"] = MODALITIES[self.modality]
         super().__init__(*args, **kwargs)
 
     # Files and labels -------------------------------------------------------------------------------------------------

@@ -247,8 +247,9 @@ def _write_sample(job: tuple[Path, str, int, int, int]) -> None:
     root, split, idx, imgsz, seed = job
     rgb, ir, labels = make_sample(imgsz, seed, idx)
     stem = f"{idx:08d}"
-    cv2.imwrite(str(root / "images" / split / f"{stem}_co.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(root / "images" / split / f"{stem}_ir.png"), ir)
+    for name, im in ((f"{stem}_co.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)), (f"{stem}_ir.png", ir)):
+        if not cv2.imwrite(str(root / "images" / split / name), im):  # cv2 reports failure only by return value
+            raise OSError(f"could not write {root / 'images' / split / name}")
     lines = [f"{c} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}" for c, xc, yc, w, h in labels]
     (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
@@ -286,6 +287,7 @@ def generate_vedai_synth(
         raise FileExistsError(f"{root} already exists, remove it or pick another folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-tmp-", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the final dataset should be readable like any other folder
     try:
         jobs = []
         for split, ids in (("train", range(n_train)), ("val", range(n_train, n_train + n_val))):

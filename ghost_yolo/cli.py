@@ -1,0 +1,144 @@
+"""The ``ghost`` command: ``ghost MODE key=value ...`` like ``yolo``, with ghost-yolo's keys and modes.
+
+Parsing reuses Ultralytics' own helpers (``merge_equals_args``, ``parse_key_value_pair``), so values are typed the same
+way; unknown keys are rejected with "similar arguments" hints over Ultralytics' keys and ghost's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from difflib import get_close_matches
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from ultralytics.cfg import merge_equals_args, parse_key_value_pair  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER  # noqa: E402
+
+from ghost_yolo.cfg import CFG_DIR, ghost_defaults  # noqa: E402
+
+MODES = {
+    "train": "train a detector (no arguments: ghost-n on the built-in vedai-synth demo data)",
+    "val": "validate a trained model (.pt or .onnx) on its data or data=...",
+    "predict": "detect on image pairs: a folder (either pairing convention), a_co.png, or two paths",
+    "export": "export a trained model, e.g. format=onnx (one input of the model's channels)",
+    "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024]",
+}
+CONVERT_KEYS = {"source": None, "save_dir": "datasets/vedai", "size": None, "copy_images": True, "exist_ok": False}
+NEEDS_MODEL = {"val", "predict", "export"}
+
+HELP = f"""
+Usage: ghost MODE [key=value ...]
+
+Modes:
+{chr(10).join(f"  {m:<14} {d}" for m, d in MODES.items())}
+
+Examples:
+  ghost train                                     # demo: ghost-n on vedai-synth, a few minutes on a CPU
+  ghost train model=ghost-s-dual.yaml data=vedai.yaml imgsz=512 epochs=100
+  ghost train data=vedai-synth.yaml modality=rgb   # same pairs, colour only (also: modality=ir)
+  ghost val model=runs/detect/train/weights/best.pt
+  ghost predict model=best.pt source=path/to/pairs save_txt=True
+  ghost export model=best.pt format=onnx dynamic=True
+  ghost convert-vedai source=path/to/VEDAI save_dir=datasets/vedai
+
+Keys: every Ultralytics key (run 'yolo cfg' to list them) plus ghost's own; 'ghost MODE help' shows ghost's.
+Shipped YAMLs resolve by name: models {", ".join(sorted(p.name for p in (CFG_DIR / "models").glob("*.yaml")))};
+data {", ".join(sorted(p.name for p in (CFG_DIR / "datasets").glob("*.yaml")))}.
+"""
+
+
+def mode_help(mode: str) -> str:
+    """Help of one mode: what it does, and ghost's keys with their documentation (cfg/default.yaml)."""
+    if mode == "convert-vedai":
+        keys = "\n".join(f"  {k}={v}" for k, v in CONVERT_KEYS.items())
+        return f"\nghost convert-vedai: {MODES[mode]}\n\nKeys:\n{keys}\n"
+    doc = (CFG_DIR / "default.yaml").read_text(encoding="utf-8")
+    return f"\nghost {mode}: {MODES[mode]}\n\nghost keys (cfg/default.yaml), plus every Ultralytics key ('yolo cfg'):\n\n{doc}"
+
+
+def check_keys(base: dict[str, Any], custom: dict[str, Any]) -> None:
+    """Reject unknown keys, with the closest valid ones as hints."""
+    bad = [k for k in custom if k not in base]
+    if bad:
+        lines = []
+        for k in bad:
+            close = get_close_matches(k, base, n=3)
+            hint = f" Similar arguments are i.e. {[f'{m}={base[m]}' if base[m] is not None else m for m in close]}." if close else ""
+            lines.append(f"'{k}' is not a valid ghost argument.{hint}")
+        raise SyntaxError("\n".join(lines) + "\nRun 'ghost help' for usage.")
+
+
+def parse_args(args: list[str], base: dict[str, Any]) -> dict[str, Any]:
+    """``key=value`` tokens to a typed dict, checked against ``base``."""
+    overrides = {}
+    for a in merge_equals_args(args):
+        if "=" not in a:
+            raise SyntaxError(f"'{a}' is not a key=value pair. Run 'ghost help' for usage.")
+        k, v = parse_key_value_pair(a)
+        overrides[k] = v
+    check_keys(base, overrides)
+    return overrides
+
+
+def run(mode: str, overrides: dict[str, Any]) -> Any:
+    """Carry out one mode with parsed overrides."""
+    if mode == "convert-vedai":
+        from ghost_yolo.data.vedai import convert_vedai
+
+        if not overrides.get("source"):
+            raise SyntaxError("convert-vedai needs source=path/to/VEDAI (the folder holding Vehicules512/ or 1024/)")
+        args = {**CONVERT_KEYS, **overrides}
+        return convert_vedai(args["source"], args["save_dir"], size=args["size"], copy_images=args["copy_images"],
+                             exist_ok=args["exist_ok"])
+
+    from ghost_yolo import GhostYOLO
+
+    model = overrides.pop("model", None)
+    if mode in NEEDS_MODEL and not model:
+        raise SyntaxError(f"'ghost {mode}' needs model=path/to/best.pt (or .onnx for val/predict)")
+    if mode == "predict" and overrides.get("source") is None:
+        raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
+    source = overrides.pop("source", None) if mode == "predict" else None
+    m = GhostYOLO(model or "ghost-n.yaml")
+    if mode == "predict":
+        return m.predict(source=source, **overrides)
+    return getattr(m, mode)(**overrides)
+
+
+def entrypoint(debug: str = "") -> int:
+    """Console script ``ghost``; returns the exit status (errors print one clear line, no traceback)."""
+    args = debug.split() if debug else sys.argv[1:]
+    if not args or args[0] in {"help", "-h", "--help"}:
+        LOGGER.info(HELP)
+        return 0
+    if args[0] in {"version", "--version"}:
+        from ghost_yolo import __version__
+
+        LOGGER.info(__version__)
+        return 0
+    mode, rest = args[0], args[1:]
+    if mode not in MODES:
+        close = get_close_matches(mode, MODES, n=1)
+        LOGGER.error(f"ghost: unknown mode '{mode}'.{f' Did you mean {close[0]!r}?' if close else ''} "
+                     f"Valid modes: {', '.join(MODES)}.")
+        return 2
+    if "help" in rest:
+        LOGGER.info(mode_help(mode))
+        return 0
+    base = CONVERT_KEYS if mode == "convert-vedai" else {**DEFAULT_CFG_DICT, **ghost_defaults()}
+    try:
+        overrides = parse_args(rest, base)
+        run(mode, overrides)
+    except (SyntaxError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError) as e:
+        if os.environ.get("GHOST_DEBUG"):
+            raise
+        LOGGER.error(f"ghost {mode}: error: {e}")
+        return 2
+    return 0
+
+
+def main() -> None:
+    """Entry point for ``python -m ghost_yolo``."""
+    sys.exit(entrypoint())
