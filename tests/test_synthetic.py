@@ -107,7 +107,7 @@ def test_labels_valid(dataset):
 
 def test_deterministic_any_worker_count(tmp_path):
     """Same seed gives byte-identical files for 1 or 2 workers; another seed gives different files."""
-    kw = dict(n_train=6, n_val=2, imgsz=96)
+    kw = {"n_train": 6, "n_val": 2, "imgsz": 96}
     a = _digest(generate_vedai_synth(tmp_path / "a", seed=3, workers=1, **kw))
     b = _digest(generate_vedai_synth(tmp_path / "b", seed=3, workers=2, **kw))
     c = _digest(generate_vedai_synth(tmp_path / "c", seed=4, workers=2, **kw))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from ultralytics.utils import LOGGER, TQDM
 
 VEDAI_NAMES: dict[int, str] = {

@@ -35,7 +35,7 @@ class GhostPredictor(DetectionPredictor):
 
     def setup_source(self, source: Any, stride: int | None = None) -> None:
         """Pairs for file/folder sources; Ultralytics' own loaders for arrays, streams and plain colour images."""
-        names = {k: getattr(self.args, k) for k in ("rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")}
+        names = {k: getattr(self.args, k, None) for k in ("rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")}
         pairing = Pairing(**{k: str(v) for k, v in names.items() if v}) if any(names.values()) else None
         if not is_paired_source(source) or (self.modality == "rgb" and not looks_paired(source, pairing)):
             return super().setup_source(source, stride)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny generated vedai-synth set and a 1-epoch model trained on it (built once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+IMGSZ = 64
+
+
+@pytest.fixture(scope="session")
+def synth_yaml(tmp_path_factory) -> Path:
+    """16 train / 8 val pairs at 96 px, with a data YAML pointing at them (absolute path)."""
+    from ultralytics.utils import YAML
+
+    from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
+
+    root = tmp_path_factory.mktemp("data") / "synth"
+    generate_vedai_synth(root, n_train=16, n_val=8, imgsz=96, seed=1, workers=1)
+    yaml = root / "synth.yaml"
+    YAML.save(yaml, {"path": str(root), "train": "images/train", "val": "images/val", "pairing": "suffix",
+                     "names": VEDAI_NAMES})
+    return yaml
+
+
+@pytest.fixture(scope="session")
+def trained(synth_yaml, tmp_path_factory) -> Path:
+    """Train ghost-n for 1 epoch on the tiny set; returns the run directory."""
+    from ghost_yolo import GhostYOLO
+
+    project = tmp_path_factory.mktemp("runs")
+    model = GhostYOLO("ghost-n.yaml")
+    model.train(data=str(synth_yaml), epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="train",
+                exist_ok=True, plots=True, seed=0, deterministic=True, val=True)
+    return project / "train"

@@ -1,0 +1,219 @@
+"""End to end: train, val, predict, export, reload in a fresh process, modalities, fusion, resume, DDP round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ghost_yolo import GhostYOLO
+from ghost_yolo.nn.model import GhostDetectionModel
+
+IMGSZ = 64  # matches conftest
+
+
+def _val_pair(synth_yaml: Path) -> Path:
+    return sorted((synth_yaml.parent / "images" / "val").glob("*_co.png"))[0]
+
+
+def test_train_outputs(trained):
+    """A 1-epoch run writes weights, results.csv with the loss columns, and side-by-side colour|IR mosaics."""
+    assert (trained / "weights" / "best.pt").is_file() and (trained / "weights" / "last.pt").is_file()
+    header = (trained / "results.csv").read_text().splitlines()[0]
+    for col in ("train/box_loss", "train/cls_loss", "metrics/mAP50(B)"):
+        assert col in header
+    mosaic = cv2.imread(str(trained / "train_batch0.jpg"))
+    assert mosaic is not None and mosaic.shape[1] > mosaic.shape[0]  # colour and IR side by side
+    assert (trained / "val_batch0_pred.jpg").is_file()
+
+
+def test_checkpoint_keeps_modality_and_yaml(trained):
+    """best.pt holds a 4-channel ghost model whose YAML rebuilds it."""
+    m = GhostYOLO(trained / "weights" / "best.pt")
+    assert isinstance(m.model, GhostDetectionModel)
+    assert m.channels == 4 and m.model.modality == "rgb+ir"
+    rebuilt = GhostDetectionModel(m.model.yaml, verbose=False)
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in m.model.parameters())
+
+
+def test_val_returns_metrics(trained, synth_yaml):
+    metrics = GhostYOLO(trained / "weights" / "best.pt").val(data=str(synth_yaml), imgsz=IMGSZ, batch=4, plots=False,
+                                                           project=str(trained.parent), name="val")
+    assert 0.0 <= metrics.box.map50 <= 1.0
+    assert len(metrics.box.ap_class_index) >= 0 and metrics.box.nc == 8
+
+
+def _predict_boxes(weights: Path, source: Path) -> list[list[float]]:
+    r = GhostYOLO(weights).predict(str(source), imgsz=IMGSZ, conf=0.0001, max_det=20, verbose=False)[0]
+    return r.boxes.data.tolist()
+
+
+def test_reload_in_fresh_process(trained, synth_yaml):
+    """The checkpoint loads and predicts identically in a new interpreter (modules registered by import)."""
+    weights, pair = trained / "weights" / "best.pt", _val_pair(synth_yaml)
+    here = _predict_boxes(weights, pair)
+    code = (f"import json; from ghost_yolo import GhostYOLO; "
+            f"r = GhostYOLO({str(weights)!r}).predict({str(pair)!r}, imgsz={IMGSZ}, conf=0.0001, max_det=20, "
+            f"verbose=False)[0]; print('BOXES=' + json.dumps(r.boxes.data.tolist()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    there = json.loads(next(line for line in out.splitlines() if line.startswith("BOXES="))[6:])
+    assert len(here) == len(there) > 0
+    np.testing.assert_allclose(np.array(here), np.array(there), atol=1e-4)
+
+
+def test_predict_folder_pairs_and_orphans(trained, synth_yaml, tmp_path, caplog):
+    """A folder of pairs: orphans are reported by name and skipped; images are saved colour|IR; save_txt works."""
+    src = tmp_path / "src"
+    src.mkdir()
+    pairs = sorted((synth_yaml.parent / "images" / "val").glob("*_co.png"))[:3]
+    for c in pairs:
+        for f in (c, c.with_name(c.name.replace("_co", "_ir"))):
+            (src / f.name).write_bytes(f.read_bytes())
+    (src / "lonely_co.png").write_bytes(pairs[0].read_bytes())  # no IR partner
+    import logging
+
+    logging.getLogger("ultralytics").addHandler(caplog.handler)
+    try:
+        results = GhostYOLO(trained / "weights" / "best.pt").predict(
+            str(src), imgsz=IMGSZ, conf=0.0001, save=True, save_txt=True, project=str(tmp_path), name="pred")
+    finally:
+        logging.getLogger("ultralytics").removeHandler(caplog.handler)
+    assert len(results) == 3
+    assert "lonely_co.png" in caplog.text and "missing IR partner" in caplog.text
+    saved = cv2.imread(str(tmp_path / "pred" / pairs[0].with_suffix(".jpg").name))
+    colour = cv2.imread(str(pairs[0]))
+    assert saved.shape[1] == 2 * colour.shape[1] and saved.shape[0] == colour.shape[0]
+    assert len(list((tmp_path / "pred" / "labels").glob("*.txt"))) >= 1
+    assert results[0].ir_img.shape == colour.shape[:2]
+
+
+def test_predict_single_pair_forms(trained, synth_yaml):
+    """`a_co.png` finds its partner; the IR file alone finds its colour; two explicit paths form one pair."""
+    weights, colour = trained / "weights" / "best.pt", _val_pair(synth_yaml)
+    ir = colour.with_name(colour.name.replace("_co", "_ir"))
+    by_colour = _predict_boxes(weights, colour)
+    model = GhostYOLO(weights)
+    explicit = model.predict([str(colour), str(ir)], imgsz=IMGSZ, conf=0.0001, max_det=20, verbose=False)
+    assert len(explicit) == 1
+    np.testing.assert_allclose(explicit[0].boxes.data.numpy(), np.array(by_colour), atol=1e-5)
+    from_ir = model.predict(str(ir), imgsz=IMGSZ, conf=0.0001, max_det=20, verbose=False)
+    assert len(from_ir) == 1 and Path(from_ir[0].path).name == colour.name
+
+
+def test_onnx_export_parity_and_backends(trained, synth_yaml):
+    """ONNX has one 4-channel input, onnxruntime matches PyTorch numerically, and val/predict run on it."""
+    import onnxruntime as ort
+
+    model = GhostYOLO(trained / "weights" / "best.pt")
+    f = model.export(format="onnx", imgsz=IMGSZ, dynamic=True)
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.shape[1] == 4
+    x = np.random.default_rng(0).random((2, 4, IMGSZ + 32, IMGSZ), dtype=np.float32)  # dynamic batch and size
+    y_ort = sess.run(None, {inp.name: x})[0]
+    fused = deepcopy(model.model).float().eval().fuse(verbose=False)
+    with torch.no_grad():
+        y_pt = fused(torch.from_numpy(x))
+    y_pt = (y_pt[0] if isinstance(y_pt, (list, tuple)) else y_pt).numpy()
+    assert y_ort.shape == y_pt.shape
+    np.testing.assert_allclose(y_ort, y_pt, atol=2e-3, rtol=1e-3)
+
+    onnx_model = GhostYOLO(f)
+    assert onnx_model.channels == 4
+    res = onnx_model.predict(str(_val_pair(synth_yaml)), imgsz=IMGSZ, conf=0.0001, verbose=False)
+    assert len(res) == 1 and res[0].ir_img is not None
+    metrics = onnx_model.val(data=str(synth_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
+                             name="val_onnx")
+    pt_metrics = model.val(data=str(synth_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
+                           name="val_pt", rect=False)
+    assert abs(metrics.box.map50 - pt_metrics.box.map50) < 0.02
+
+
+@pytest.mark.parametrize("modality, channels", [("rgb", 3), ("ir", 1)])
+def test_modality_key_changes_channels(synth_yaml, tmp_path, modality, channels):
+    """`modality=` trains on the same pairs with 3 (colour) or 1 (IR) channels; predict follows the model."""
+    m = GhostYOLO("ghost-n.yaml")
+    m.train(data=str(synth_yaml), modality=modality, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
+            name=modality, plots=False, val=False)
+    best = GhostYOLO(tmp_path / modality / "weights" / "last.pt")
+    assert best.channels == channels
+    res = best.predict(str(synth_yaml.parent / "images" / "val"), imgsz=IMGSZ, conf=0.0001, verbose=False)
+    assert len(res) == 8  # pairs, not 16 separate images
+
+
+def test_dual_stream_fuse_and_modality_error():
+    """The dual-stream stem survives BN fusing exactly and refuses single-modality input clearly."""
+    model = GhostDetectionModel("ghost-n-dual.yaml", ch=4, nc=8, verbose=False).eval()
+    x = torch.rand(1, 4, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        before = model(x)[0]
+        after = deepcopy(model).fuse(verbose=False)(x)[0]
+    torch.testing.assert_close(before, after, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="DualStreamStem needs colour and infrared"):
+        GhostDetectionModel("ghost-n-dual.yaml", ch=3, nc=8, verbose=False)
+
+
+def test_act_relu_is_local_to_model():
+    """`act: ReLU` switches that model's activations without leaking into later models."""
+    from ultralytics.nn.modules import Conv
+
+    from ghost_yolo.nn.model import load_model_yaml
+
+    cfg = {**load_model_yaml("ghost-n.yaml"), "act": "ReLU"}
+    cfg.pop("activation", None)
+    relu = GhostDetectionModel(cfg, ch=4, nc=8, verbose=False)
+    assert isinstance(relu.model[0].act, torch.nn.ReLU)
+    assert isinstance(Conv.default_act, torch.nn.SiLU)
+    assert isinstance(GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False).model[0].act, torch.nn.SiLU)
+
+
+def test_resume_continues_interrupted_run(synth_yaml, tmp_path):
+    """A run stopped after epoch 1 of 2 resumes from last.pt with the ghost trainer and finishes."""
+    m = GhostYOLO("ghost-n.yaml")
+
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    m.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(KeyboardInterrupt):
+        m.train(data=str(synth_yaml), epochs=2, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path), name="r",
+                plots=False)
+    last = tmp_path / "r" / "weights" / "last.pt"
+    resumed = GhostYOLO(last)
+    resumed.train(resume=True, workers=0)
+    rows = (tmp_path / "r" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + 2 epochs
+    assert GhostYOLO(tmp_path / "r" / "weights" / "last.pt").channels == 4
+
+
+def test_ddp_trainer_roundtrip(trained, synth_yaml, tmp_path):
+    """The trainer survives Ultralytics' DDP hand-off: cloudpickled state rebuilt in a fresh process."""
+    import cloudpickle
+    from ultralytics.utils.torch_utils import torch_load  # noqa: F401  (same loader the DDP worker uses)
+
+    from ghost_yolo.engine.trainer import GhostTrainer
+
+    trainer = GhostTrainer(overrides={"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "epochs": 1,
+                                      "modality": "rgb+ir", "ir_jitter": 0.1, "project": str(tmp_path), "name": "ddp"})
+    state = tmp_path / "state.pt"
+    torch.save({"trainer": type(trainer), "args": vars(trainer.args), "model": None, "callbacks": trainer.callbacks},
+               state, pickle_module=cloudpickle)
+    code = f"""
+from ultralytics.utils import DEFAULT_CFG_DICT
+from ultralytics.utils.patches import torch_load
+state = torch_load({str(state)!r}, map_location="cpu")
+cfg = DEFAULT_CFG_DICT.copy(); cfg.update(save_dir='')
+t = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
+print("OK", type(t).__name__, t.args.ir_jitter, t.data["channels"], t.data["modality"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OK GhostTrainer 0.1 4 rgb+ir" in out.stdout
