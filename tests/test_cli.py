@@ -71,10 +71,11 @@ def test_bad_modality_and_pairing(log, synth_yaml, tmp_path):
 
 
 def test_existing_run_dir_is_not_overwritten(synth_yaml, tmp_path):
-    """Ultralytics' run-dir increment is kept: a second run with the same name goes to name2, the first is intact."""
+    """Ultralytics' run-dir increment is kept: a second run with the same name goes to a new dir, the first is intact."""
     args = f"train data={synth_yaml} epochs=1 imgsz=64 batch=8 workers=0 val=False plots=False project={tmp_path} name=same"
     assert entrypoint(args) == 0
     first = (tmp_path / "same" / "weights" / "last.pt").read_bytes()
     assert entrypoint(args) == 0
-    assert (tmp_path / "same2" / "weights" / "last.pt").is_file()
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("same"))
+    assert len(runs) == 2 and (tmp_path / runs[1] / "weights" / "last.pt").is_file()  # e.g. same-2
     assert (tmp_path / "same" / "weights" / "last.pt").read_bytes() == first
