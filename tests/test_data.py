@@ -548,16 +548,12 @@ def test_orphan_ir_is_reported(tmp_path, ulog):
     assert str(orphan) in line and str(tmp_path / "images" / "train" / "0007_co.png") in line
 
 
-@pytest.mark.xfail(strict=True, reason="get_img_files reports every IR image as orphan when colour and IR extensions "
-                   "differ: Pairing.colour_of keeps the IR extension (0000_co.png) and the check compares exact paths")
 def test_no_orphan_warning_when_extensions_differ(tmp_path, ulog):
     make_suffix_set(tmp_path, n=2, co_ext=".jpg", ir_ext=".png")
     build(write_yaml(tmp_path), "val")
     assert "without colour partner" not in ulog.text
 
 
-@pytest.mark.xfail(strict=True, reason="an integer fraction (image count) is applied by BaseDataset.get_img_files to "
-                   "colour and IR files together, before PairedDataset keeps the colour half: fraction=4 gives 2 pairs")
 def test_integer_fraction_counts_pairs(tmp_path):
     make_suffix_set(tmp_path, n=6)
     y = write_yaml(tmp_path)
@@ -566,8 +562,6 @@ def test_integer_fraction_counts_pairs(tmp_path):
     assert len(ds) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="a float fraction is applied to colour and IR files together, sorted by path: "
-                   "for a root holding infrared/ and visible/ the kept half is all IR, so no colour image is left")
 def test_float_fraction_on_folders_root(tmp_path):
     make_folders_set(tmp_path, split="", n=4, labels_at=tmp_path / "labels")
     data = check_data(str(write_yaml(tmp_path, train=str(tmp_path), pairing="folders")))
@@ -575,8 +569,6 @@ def test_float_fraction_on_folders_root(tmp_path):
     assert len(ds) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="Pairing.is_ir (folders) looks at every ancestor folder: under a project folder "
-                   "named 'infrared' each colour image counts as IR and is reported as an orphan")
 def test_folders_dataset_under_ancestor_named_infrared(tmp_path, ulog):
     root = tmp_path / "infrared" / "llvip"
     make_folders_set(root, n=2)
@@ -778,24 +770,18 @@ def test_find_pairs_other_extension_folder(tmp_path):
     assert find_pairs(d) == [(d / f"{i:04d}_co.jpg", d / f"{i:04d}_ir.png") for i in range(2)]
 
 
-@pytest.mark.xfail(strict=True, reason="find_pairs derives the colour partner of an IR file with Pairing.colour_of, "
-                   "which keeps the IR extension and never searches others (unlike Pairing.partner)")
 def test_find_pairs_ir_alone_other_extension(tmp_path):
     co = write(tmp_path / "a_co.jpg", noise_bgr(0))
     ir = write(tmp_path / "a_ir.png", noise_bgr(0)[..., 2])
     assert find_pairs(ir) == [(co, ir)]
 
 
-@pytest.mark.xfail(strict=True, reason="find_pairs warns 'IR image without colour partner a_co.png' for each IR file "
-                   "of a folder whose colour images are .jpg and IR .png, although every pair is complete")
 def test_find_pairs_other_extension_no_spurious_warning(tmp_path, ulog):
     make_suffix_set(tmp_path, n=2, co_ext=".jpg", ir_ext=".png")
     find_pairs(tmp_path / "images" / "train")
     assert "without colour partner" not in ulog.text
 
 
-@pytest.mark.xfail(strict=True, reason="find_pairs: Pairing.is_ir (folders) matches an ancestor folder named "
-                   "'infrared', so colour images are mapped to a mangled colour_of path and every pair is dropped")
 def test_find_pairs_folders_under_ancestor_named_infrared(tmp_path):
     root = tmp_path / "infrared" / "llvip"
     make_folders_set(root, n=2)

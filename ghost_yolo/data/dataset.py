@@ -92,10 +92,13 @@ class PairedDataset(YOLODataset):
     # Files and labels -------------------------------------------------------------------------------------------------
     def get_img_files(self, img_path: str | list[str]) -> list[str]:
         """Keep the colour half of each pair; IR images without a colour partner are reported by name."""
-        files = super().get_img_files(img_path)
+        fraction, self.fraction = self.fraction, 1.0  # the fraction counts pairs, not colour + IR files
+        try:
+            files = super().get_img_files(img_path)
+        finally:
+            self.fraction = fraction
         colour = [f for f in files if self.pairing.is_colour(f)]
-        known = set(files)
-        orphans = [f for f in files if self.pairing.is_ir(f) and str(self.pairing.colour_of(f)) not in known]
+        orphans = [f for f in files if self.pairing.is_ir(f) and not self.pairing.colour_of(f).exists()]
         for f in orphans[:5]:
             LOGGER.warning(f"{self.prefix}{f}: IR image without colour partner {self.pairing.colour_of(f)}, skipped")
         if len(orphans) > 5:
@@ -104,7 +107,8 @@ class PairedDataset(YOLODataset):
             p = self.pairing
             what = f"'*{p.rgb_suffix}.*' files" if p.kind == "suffix" else f"images under a '{p.rgb_dir}/' folder"
             raise FileNotFoundError(f"{self.prefix}no colour images ({what}) in {img_path}: check pairing in the data YAML")
-        return colour
+        count = fraction if isinstance(fraction, int) else max(1, round(len(colour) * fraction))
+        return colour[:count]
 
     def get_label_files(self) -> list[str]:
         """Label file per pair (``labels/<pair id>.txt`` or Ultralytics' derivation) and the IR partner paths."""

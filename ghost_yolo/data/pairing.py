@@ -40,19 +40,45 @@ class Pairing:
         names = {k: (overrides or {}).get(k) or data.get(k) for k in ("rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")}
         return cls(kind=kind, **{k: str(v) for k, v in names.items() if v})
 
+    def _side(self, path: str | Path) -> str | None:
+        """'rgb' or 'ir' by the folder nearest to the file (ancestors named alike do not count), folders only."""
+        for part in reversed(Path(path).parts[:-1]):
+            if part == self.rgb_dir:
+                return "rgb"
+            if part == self.ir_dir:
+                return "ir"
+        return None
+
     def is_colour(self, path: str | Path) -> bool:
         """Whether a path is the colour half of a pair under this convention."""
-        p = Path(path)
         if self.kind == "suffix":
-            return p.stem.endswith(self.rgb_suffix)
-        return self.rgb_dir in p.parts[:-1]
+            return Path(path).stem.endswith(self.rgb_suffix)
+        return self._side(path) == "rgb"
 
     def is_ir(self, path: str | Path) -> bool:
         """Whether a path is the infrared half of a pair under this convention."""
-        p = Path(path)
         if self.kind == "suffix":
-            return p.stem.endswith(self.ir_suffix)
-        return self.ir_dir in p.parts[:-1]
+            return Path(path).stem.endswith(self.ir_suffix)
+        return self._side(path) == "ir"
+
+    @staticmethod
+    def _swap_folder(path: Path, old: str, new: str) -> Path:
+        """Replace the folder named ``old`` nearest to the file by ``new``."""
+        parts = list(path.parts)
+        i = len(parts) - 2 - parts[:-1][::-1].index(old)
+        parts[i] = new
+        return Path(*parts)
+
+    @staticmethod
+    def _existing(base: Path) -> Path:
+        """``base`` if it exists, else the same name with any image extension that exists, else ``base``."""
+        if base.exists():
+            return base
+        for ext in sorted(IMG_FORMATS):
+            for e in (ext, ext.upper()):
+                if (alt := base.with_suffix(f".{e}")).exists():
+                    return alt
+        return base
 
     def pair_id(self, colour: str | Path) -> str:
         """The name shared by both halves (VEDAI's ``00000000``), used for label files."""
@@ -63,39 +89,22 @@ class Pairing:
         """Path of the infrared partner; the colour extension first, then any image extension that exists."""
         p = Path(colour)
         if self.kind == "suffix":
-            base = p.with_name(self.pair_id(p) + self.ir_suffix + p.suffix)
-        else:
-            parts = list(p.parts)
-            i = len(parts) - 2 - parts[:-1][::-1].index(self.rgb_dir)  # last folder named rgb_dir
-            parts[i] = self.ir_dir
-            base = Path(*parts)
-        if base.exists():
-            return base
-        for ext in sorted(IMG_FORMATS):
-            for e in (ext, ext.upper()):
-                if (alt := base.with_suffix(f".{e}")).exists():
-                    return alt
-        return base
+            return self._existing(p.with_name(self.pair_id(p) + self.ir_suffix + p.suffix))
+        return self._existing(self._swap_folder(p, self.rgb_dir, self.ir_dir))
 
     def colour_of(self, ir: str | Path) -> Path:
-        """Path the colour partner of an infrared image would have (for reporting orphans)."""
+        """Path of the colour partner of an infrared image (any image extension that exists)."""
         p = Path(ir)
         if self.kind == "suffix":
-            return p.with_name(p.stem[: -len(self.ir_suffix)] + self.rgb_suffix + p.suffix)
-        parts = list(p.parts)
-        i = len(parts) - 2 - parts[:-1][::-1].index(self.ir_dir)
-        parts[i] = self.rgb_dir
-        return Path(*parts)
+            return self._existing(p.with_name(p.stem[: -len(self.ir_suffix)] + self.rgb_suffix + p.suffix))
+        return self._existing(self._swap_folder(p, self.ir_dir, self.rgb_dir))
 
     def label_path(self, colour: str | Path) -> Path:
         """Label file of a pair: ``labels/<pair id>.txt`` (VEDAI) or Ultralytics' own derivation, whichever exists."""
         derived = Path(img2label_paths([str(colour)])[0])
         candidates = [derived.with_name(self.pair_id(colour) + ".txt"), derived]
         if self.kind == "folders":
-            parts = list(Path(colour).with_suffix(".txt").parts)
-            i = len(parts) - 2 - parts[:-1][::-1].index(self.rgb_dir)
-            parts[i] = "labels"
-            candidates.append(Path(*parts))
+            candidates.append(self._swap_folder(Path(colour).with_suffix(".txt"), self.rgb_dir, "labels"))
         return next((c for c in candidates if c.exists()), candidates[0])
 
 

@@ -6,11 +6,12 @@ Only hooks are overridden; the training loop, EMA, checkpoints, resume and DDP a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, RANK, emojis
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr, emojis
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ghost_yolo.cfg import ghost_defaults
@@ -62,3 +63,28 @@ class GhostTrainer(DetectionTrainer):
         """Training mosaics with colour and IR side by side."""
         plot_paired_images(batch, batch["img"], self.data["modality"], paths=batch["im_file"],
                            fname=self.save_dir / f"train_batch{ni}.jpg", on_plot=self.on_plot)
+
+    def final_eval(self) -> None:
+        """Ultralytics' final validation of best.pt, then a short ghost summary of what was trained and what next."""
+        super().final_eval()
+        if RANK in {-1, 0} and self.best.exists() and self.metrics:
+            LOGGER.info(self.summary())
+
+    def summary(self) -> str:
+        """Plain-text summary: model, modality, data, accuracy, weights, and the next commands."""
+        model = unwrap_model(self.model)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        name = Path(model.yaml.get("yaml_file", "model")).stem
+        m = self.metrics
+        size = self.best.stat().st_size / 1e6
+        data = Path(str(self.args.data)).name
+        return "\n".join((
+            f"\n{colorstr('bold', 'ghost summary')}",
+            f"  model     {name}, {params:.2f} M params, modality {self.data['modality']} ({self.data['channels']} ch), imgsz {self.args.imgsz}",
+            f"  data      {data}: {len(self.train_loader.dataset)} train / {len(self.test_loader.dataset)} val images",
+            f"  accuracy  mAP50 {m.get('metrics/mAP50(B)', 0):.3f}   mAP50-95 {m.get('metrics/mAP50-95(B)', 0):.3f}   "
+            f"(best.pt on val, {self.epoch + 1} epochs)",
+            f"  weights   {self.best} ({size:.1f} MB)",
+            f"  next      ghost predict model={self.best} source=FOLDER_OF_PAIRS",
+            f"            ghost export model={self.best} format=onnx",
+        ))
