@@ -141,6 +141,7 @@ def print_environment(args: argparse.Namespace) -> None:
     print(f"ultralytics   {ultralytics.__version__}")
     print(f"ghost-yolo    {ghost}")
     print(f"numpy {np.__version__}, opencv {cv2.__version__} (cv2 threads={cv2.getNumThreads()})")
+    print(f"load          {load_text()}")
     print(f"sizes         n_train={args.n_train} imgsz={args.imgsz} | loading: samples={args.samples} warmup={args.warmup} "
           f"reps={args.reps} dataset_batch={args.dataset_batch} loader(batch={args.loader_batch}, "
           f"workers={args.loader_workers}, reps={args.loader_reps}, {'off' if args.no_loader else 'on'}) | "
@@ -152,6 +153,20 @@ def print_environment(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
+def load_text() -> str:
+    """1-minute load average against the core count, with a warning when other processes compete for the CPU."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "unknown"
+    cores = os.cpu_count() or 1
+    text = f"1-min load average {load:.2f} on {cores} cores"
+    if load > 0.5 * cores:
+        text += ("  WARNING: other processes are using the CPU; with --threads > 1 PyTorch slows down badly under "
+                 "contention and ratios get noisy (rerun on an idle machine, or compare with --threads 1)")
+    return text
+
+
 def seed_all(seed: int) -> None:
     """Seed every RNG the augmentations and models draw from."""
     import numpy as np
@@ -318,7 +333,7 @@ def bench_single_process(args: argparse.Namespace, stock: Any, paired: Any) -> R
     indices = [order[k % n] for k in range(args.samples)]
     warm = [order[-1 - (k % n)] for k in range(args.warmup)]  # fills the mosaic buffers of both
     for which, ds in enumerate((stock, paired)):
-        seed_all(args.seed + 1000 + which)
+        seed_all(args.seed + 1000)
         iterate(ds, warm)
     for r, which in interleaved(args.reps):
         seed_all(args.seed + r)
@@ -627,6 +642,7 @@ def print_summary(results: list[Result], elapsed: float) -> None:
         b = f"{statistics.median(r.b):.1f} {r.unit} {r.b_name}"
         print(f"  {r.name:<34} {a:>20} {b:>20} {r.ratio:6.2f}x {r.target_text():>9}  {verdict(r.ok)}")
     n_pass = sum(bool(r.ok) for r in results)
+    print(f"  {load_text()}")
     print(f"  {n_pass}/{len(results)} within target; total time {elapsed:.1f} s (exit status is 0 either way)")
 
 

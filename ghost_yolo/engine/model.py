@@ -22,7 +22,7 @@ from .trainer import GhostTrainer
 from .validator import GhostValidator
 
 # What bare `ghost train` runs: the built-in synthetic set, sized to finish in minutes on 2 CPU cores.
-DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 30, "batch": 16, "close_mosaic": 5}
+DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 15, "batch": 16, "warmup_epochs": 1, "close_mosaic": 3}
 
 
 class GhostYOLO(Model):
