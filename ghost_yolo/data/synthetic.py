@@ -20,9 +20,7 @@ import cv2
 import numpy as np
 from ultralytics.utils import LOGGER, TQDM
 
-VEDAI_NAMES: dict[int, str] = {
-    0: "car", 1: "pickup", 2: "camping", 3: "truck", 4: "other", 5: "tractor", 6: "boat", 7: "van"
-}  # fmt: skip
+from .vedai import VEDAI_NAMES  # the 8-class scheme shared with the VEDAI converter
 CAR, PICKUP, CAMPING, TRUCK, OTHER, TRACTOR, BOAT, VAN = range(8)
 
 # Land-cover ids with their mean colour (RGB) and near-infrared level: vegetation is bright in NIR, water dark
