@@ -8,10 +8,11 @@ machines drift by tens of percent between runs; ratios of interleaved measuremen
    Ultralytics' stock ``YOLODataset`` (built by ``ultralytics.data.build.build_yolo_dataset``) on a plain copy of the
    SAME colour images with the SAME training augmentation (mosaic, random perspective, HSV, flips; default
    hyperparameters from ``ultralytics.cfg.get_cfg``), ``cache=False`` for both. Measured single-process
-   (``dataset[i]`` over one shuffled index list shared by both) and through Ultralytics' ``build_dataloader``
+   (``dataset[i]`` over shuffled indices, a fresh order per round shared by both) and through ``build_dataloader``
    (2 workers, the dataset's ``collate_fn``). Target: paired/stock throughput >= 0.8x.
 2. Training step: ``GhostDetectionModel('ghost-n.yaml', ch=4)`` (early fusion) against the same model with ``ch=3``;
-   forward + ``model.loss(batch)`` + backward + SGD step on one real augmented batch. Target: 4ch/3ch time <= 1.1x.
+   forward + ``model.loss(batch)`` + backward + grad clipping + SGD step on one real augmented batch (no EMA).
+   Target: 4ch/3ch time <= 1.1x.
 
 Repetitions of A and B are interleaved (A B, B A, A B, ...), each repetition of A and B starts from the same random
 seeds, and the medians over repetitions are compared. A breakdown of the per-sample loading time by stage follows
@@ -20,8 +21,8 @@ the loading measurement, to show where any paired overhead comes from.
 The script always exits 0: it is a benchmark, not a test. PASS/FAIL lines only compare against the targets.
 
 Usage (from the repository root):
-    python benchmarks/bench_foundation.py            # full run (a few minutes on 2 CPU cores)
-    python benchmarks/bench_foundation.py --quick    # smoke run, well under a minute
+    python benchmarks/bench_foundation.py            # full run (about 45 s on an idle 2-core machine)
+    python benchmarks/bench_foundation.py --quick    # smoke run (about 20 s)
     python benchmarks/bench_foundation.py --help     # sizes, repetitions, sections
 """
 
@@ -45,14 +46,14 @@ from typing import Any, Callable
 
 # Defaults per mode; any flag given on the command line wins over both.
 FULL = dict(
-    n_train=200, imgsz=256, samples=200, warmup=32, reps=7, dataset_batch=16,
-    loader_batch=16, loader_workers=2, loader_reps=5, profile_samples=100,
+    n_train=200, imgsz=256, samples=200, warmup=128, reps=7, dataset_batch=16,
+    loader_batch=16, loader_workers=2, loader_reps=5, loader_samples=400, profile_samples=100,
     train_batch=8, train_warmup=3, train_reps=5, train_steps=3,
 )  # fmt: skip
 QUICK = dict(
-    n_train=48, imgsz=256, samples=48, warmup=8, reps=3, dataset_batch=4,
-    loader_batch=8, loader_workers=2, loader_reps=2, profile_samples=24,
-    train_batch=4, train_warmup=1, train_reps=3, train_steps=1,
+    n_train=48, imgsz=256, samples=96, warmup=32, reps=5, dataset_batch=4,
+    loader_batch=8, loader_workers=2, loader_reps=3, loader_samples=192, profile_samples=48,
+    train_batch=8, train_warmup=2, train_reps=5, train_steps=1,
 )  # fmt: skip
 # The datasets keep the last min(n, 8 * dataset_batch, 1000) loaded images in RAM for mosaic (Ultralytics' buffer), so
 # dataset_batch sets how many samples skip decoding: 128 of 200 in the full preset, 32 of 48 in the quick one.
@@ -69,7 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse flags; sizes left unset take the --quick or full preset."""
     p = argparse.ArgumentParser(
         description="ghost-yolo foundation benchmark: paired loading vs stock Ultralytics, 4ch vs 3ch training step.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (finishes in < 60 s)")
     g = p.add_argument_group("data (full preset / quick preset when not given)")
@@ -79,23 +79,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--keep", action="store_true", help="keep the generated data instead of removing it")
     g = p.add_argument_group("1. loading")
     g.add_argument("--samples", type=int, help=f"samples per repetition ({FULL['samples']}/{QUICK['samples']})")
-    g.add_argument("--warmup", type=int, help=f"warm-up samples per dataset ({FULL['warmup']}/{QUICK['warmup']})")
+    g.add_argument("--warmup", type=int, help=f"warm-up samples per dataset, enough to fill the mosaic buffer ({FULL['warmup']}/{QUICK['warmup']})")
     g.add_argument("--reps", type=int, help=f"interleaved repetitions ({FULL['reps']}/{QUICK['reps']})")
     g.add_argument("--dataset-batch", type=int, help=f"batch size given to the datasets, sets the mosaic buffer ({FULL['dataset_batch']})")
     g.add_argument("--loader-batch", type=int, help=f"DataLoader batch size ({FULL['loader_batch']}/{QUICK['loader_batch']})")
     g.add_argument("--loader-workers", type=int, help=f"DataLoader workers ({FULL['loader_workers']})")
-    g.add_argument("--loader-reps", type=int, help=f"DataLoader repetitions, one epoch each ({FULL['loader_reps']}/{QUICK['loader_reps']})")
+    g.add_argument("--loader-reps", type=int, help=f"DataLoader repetitions ({FULL['loader_reps']}/{QUICK['loader_reps']})")
+    g.add_argument("--loader-samples", type=int, help=f"images per DataLoader repetition, rounded up to whole epochs ({FULL['loader_samples']}/{QUICK['loader_samples']})")
     g.add_argument("--no-loader", action="store_true", help="skip the DataLoader measurement")
     g.add_argument("--profile-samples", type=int, help=f"samples for the per-stage breakdown, 0 to skip ({FULL['profile_samples']}/{QUICK['profile_samples']})")
     g = p.add_argument_group("2. training step")
-    g.add_argument("--model", default="ghost-n.yaml", help="model YAML (early fusion: its input channels follow ch)")
+    g.add_argument("--model", default="ghost-n.yaml", help="model YAML with early fusion, so that ch=3 and ch=4 both build (%(default)s)")
     g.add_argument("--train-batch", type=int, help=f"batch size ({FULL['train_batch']})")
     g.add_argument("--train-warmup", type=int, help=f"warm-up steps per model ({FULL['train_warmup']}/{QUICK['train_warmup']})")
     g.add_argument("--train-reps", type=int, help=f"interleaved repetitions ({FULL['train_reps']}/{QUICK['train_reps']})")
     g.add_argument("--train-steps", type=int, help=f"steps per repetition, averaged ({FULL['train_steps']}/{QUICK['train_steps']})")
     g = p.add_argument_group("general")
-    g.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    g.add_argument("--seed", type=int, default=0, help="seed of data generation, index order and augmentation")
+    g.add_argument("--threads", type=int, default=2, help="torch intra-op threads (%(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of data generation, index order and augmentation (%(default)s)")
     g.add_argument("--skip-loading", action="store_true", help="skip section 1")
     g.add_argument("--skip-train", action="store_true", help="skip section 2")
     g.add_argument("--verbose", action="store_true", help="keep Ultralytics' INFO logging and progress bars")
@@ -103,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k, v in (QUICK if args.quick else FULL).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for k in ("n_train", "imgsz", "samples", "reps", "dataset_batch", "loader_batch", "loader_reps", "train_batch",
+    for k in ("n_train", "imgsz", "samples", "reps", "dataset_batch", "loader_batch", "loader_reps", "loader_samples",
+              "train_batch",
               "train_reps", "train_steps"):
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
@@ -141,10 +143,11 @@ def print_environment(args: argparse.Namespace) -> None:
     print(f"ultralytics   {ultralytics.__version__}")
     print(f"ghost-yolo    {ghost}")
     print(f"numpy {np.__version__}, opencv {cv2.__version__} (cv2 threads={cv2.getNumThreads()})")
-    print(f"load          {load_text()}")
+    print(f"cpu load      {load_text()}")
     print(f"sizes         n_train={args.n_train} imgsz={args.imgsz} | loading: samples={args.samples} warmup={args.warmup} "
           f"reps={args.reps} dataset_batch={args.dataset_batch} loader(batch={args.loader_batch}, "
-          f"workers={args.loader_workers}, reps={args.loader_reps}, {'off' if args.no_loader else 'on'}) | "
+          f"workers={args.loader_workers}, reps={args.loader_reps}x{args.loader_samples} img, "
+          f"{'off' if args.no_loader else 'on'}) | "
           f"train: model={args.model} batch={args.train_batch} warmup={args.train_warmup} reps={args.train_reps}x"
           f"{args.train_steps} steps")
     print()
@@ -153,17 +156,31 @@ def print_environment(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
-def load_text() -> str:
-    """1-minute load average against the core count, with a warning when other processes compete for the CPU."""
+def cpu_times() -> tuple[float, float, float] | None:
+    """(busy, steal, total) jiffies of all CPUs from /proc/stat, None where unavailable."""
     try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return "unknown"
+        v = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0.0)  # idle + iowait
+    steal = v[7] if len(v) > 7 else 0.0
+    total = sum(v[:8])
+    return total - idle, steal, total
+
+
+def load_text(probe_s: float = 0.5) -> str:
+    """CPU use by everything else while this process sleeps for probe_s, with a warning when it is significant."""
+    a = cpu_times()
+    time.sleep(probe_s)
+    b = cpu_times()
+    if a is None or b is None or b[2] <= a[2]:
+        return f"unknown (1-min load average {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else "unknown"
+    busy, steal = (b[0] - a[0]) / (b[2] - a[2]), (b[1] - a[1]) / (b[2] - a[2])
     cores = os.cpu_count() or 1
-    text = f"1-min load average {load:.2f} on {cores} cores"
-    if load > 0.5 * cores:
-        text += ("  WARNING: other processes are using the CPU; with --threads > 1 PyTorch slows down badly under "
-                 "contention and ratios get noisy (rerun on an idle machine, or compare with --threads 1)")
+    text = f"other processes use {busy * 100:.0f}% of {cores} cores (steal {steal * 100:.0f}%), probed over {probe_s} s"
+    if busy > 0.2:
+        text += ("  WARNING: the CPU is shared right now; PyTorch with --threads > 1 slows down badly under "
+                 "contention and all ratios get noisy (rerun on an idle machine, or compare with --threads 1)")
     return text
 
 
@@ -325,17 +342,28 @@ def iterate(dataset: Any, indices: list[int]) -> float:
     return time.perf_counter() - t
 
 
+def shuffled(n: int, count: int, seed: int) -> list[int]:
+    """count indices from back-to-back random permutations of range(n), as an epoch-reshuffling sampler yields them.
+
+    A fresh order matters: repeating one fixed order of more images than the mosaic buffer holds would make every
+    read miss the buffer (first in, first out against a cyclic scan), unlike training, where about buffer/n hit.
+    """
+    rng, out = random.Random(seed), []
+    while len(out) < count:
+        out += rng.sample(range(n), n)
+    return out[:count]
+
+
 def bench_single_process(args: argparse.Namespace, stock: Any, paired: Any) -> Result:
-    """dataset[i] over one shuffled index list, same list and same RNG seeds for both, interleaved repetitions."""
+    """dataset[i] over shuffled indices; per round the same indices and RNG seeds for both; interleaved rounds."""
     res = Result("loading, single process", "img/s", "stock", "paired", True, LOAD_TARGET)
     n = len(stock)
-    order = random.Random(args.seed).sample(range(n), n)
-    indices = [order[k % n] for k in range(args.samples)]
-    warm = [order[-1 - (k % n)] for k in range(args.warmup)]  # fills the mosaic buffers of both
-    for which, ds in enumerate((stock, paired)):
+    warm = shuffled(n, args.warmup, args.seed + 1000)  # fills the mosaic buffers of both alike
+    for ds in (stock, paired):
         seed_all(args.seed + 1000)
         iterate(ds, warm)
     for r, which in interleaved(args.reps):
+        indices = shuffled(n, args.samples, args.seed + 100 + r)
         seed_all(args.seed + r)
         dt = iterate((stock, paired)[which], indices)
         (res.a, res.b)[which].append(len(indices) / dt)
@@ -343,10 +371,11 @@ def bench_single_process(args: argparse.Namespace, stock: Any, paired: Any) -> R
 
 
 def bench_dataloader(args: argparse.Namespace, stock: Any, paired: Any) -> Result:
-    """Ultralytics' build_dataloader (InfiniteDataLoader, collate_fn, seeded shuffle) with workers, one epoch per rep.
+    """Ultralytics' build_dataloader (InfiniteDataLoader, collate_fn, seeded shuffle) with workers.
 
-    Each repetition restarts that loader's workers (``reset``), so only one loader's workers are alive at a time, and
-    is timed from the first batch to the end of the epoch: steady-state throughput, without the worker start.
+    Each repetition restarts that loader's workers (``reset``), so only one loader's workers are alive at a time, runs
+    whole epochs (at least ``loader_samples`` images) and is timed from the first batch to the end: steady-state
+    throughput, without the worker start.
     """
     import torch
     from ultralytics.data.build import build_dataloader
@@ -362,6 +391,7 @@ def bench_dataloader(args: argparse.Namespace, stock: Any, paired: Any) -> Resul
     try:
         if len(loaders[0]) < 2:
             raise RuntimeError(f"need >= 2 batches per epoch, got {len(loaders[0])}: lower --loader-batch")
+        epochs = max(1, -(-args.loader_samples // len(stock)))
         for which, loader in enumerate(loaders):  # warm-up: worker start, page cache
             loader.reset()
             for _ in loader:
@@ -373,8 +403,9 @@ def bench_dataloader(args: argparse.Namespace, stock: Any, paired: Any) -> Resul
             it = iter(loader)
             next(it)
             t, seen = time.perf_counter(), 0
-            for batch in it:
-                seen += batch["img"].shape[0]
+            for epoch in range(epochs):
+                for batch in it if epoch == 0 else loader:  # the same workers serve every epoch
+                    seen += batch["img"].shape[0]
             (res.a, res.b)[which].append(seen / (time.perf_counter() - t))
     finally:
         for loader in loaders:
@@ -430,24 +461,21 @@ def instrument(dataset: Any, prof: StageProfiler) -> None:
 
 
 def bench_stages(args: argparse.Namespace, plain_data: dict, paired_data: dict) -> str:
-    """Per-sample time by stage for fresh copies of both datasets (indicative: one pass each, interleaved halves)."""
+    """Per-sample time by stage for fresh copies of both datasets (indicative: one pass each, in interleaved chunks)."""
     stock, paired = build_datasets(args, plain_data, paired_data)
     profs = [StageProfiler(), StageProfiler()]
     totals = [0.0, 0.0]
     for ds, prof in zip((stock, paired), profs):
         instrument(ds, prof)
     n = len(stock)
-    order = random.Random(args.seed + 7).sample(range(n), n)
-    indices = [order[k % n] for k in range(args.profile_samples)]
+    indices = shuffled(n, args.profile_samples, args.seed + 3000)
     for which, ds in enumerate((stock, paired)):  # warm-up, then discard
         seed_all(args.seed + 2000)
-        iterate(ds, [order[-1 - (k % n)] for k in range(max(args.warmup, 1))])
+        iterate(ds, shuffled(n, max(args.warmup, 1), args.seed + 2000))
         profs[which].total.clear()
-    half = max(len(indices) // 2, 1)
-    for r, which in interleaved(2):
-        part = indices[:half] if r == 0 else indices[half:]
-        if not part:
-            continue
+    chunks = max(1, min(4, len(indices) // 8))
+    for r, which in interleaved(chunks):
+        part = indices[r::chunks]
         seed_all(args.seed + 3000 + r)
         totals[which] += iterate((stock, paired)[which], part)
     n_done = len(indices)

