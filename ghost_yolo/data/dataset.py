@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from PIL import Image
 from ultralytics.data.dataset import YOLODataset
-from ultralytics.data.utils import verify_image_label
+from ultralytics.data.utils import get_hash, verify_image_label
 from ultralytics.utils import LOGGER
 
 from .augment import PairedHSV, replace_hsv
-from .io import MODALITIES, check_modality, load_pair
+from .io import check_modality, load_pair
 from .pairing import Pairing
 
 
@@ -118,8 +118,6 @@ class PairedDataset(YOLODataset):
 
     def get_cache_hash(self) -> str:
         """Include IR partners and the pairing in the cache hash so a changed pairing rescans."""
-        from ultralytics.data.utils import get_hash
-
         return get_hash(self.label_files + self.im_files + self.ir_files + [str(self.pairing), super().get_cache_hash()])
 
     def verify_args(self) -> tuple:

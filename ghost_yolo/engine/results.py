@@ -28,7 +28,6 @@ class PairedResults(Results):
                 ir = cv2.resize(ir, (im.shape[1], im.shape[0]))
             im = np.hstack((im, super().plot(*args, img=ir, **kwargs)))
         if show:
-            self.show_image = im
             cv2.imshow(str(self.path), im)
             cv2.waitKey(1)
         if save:
