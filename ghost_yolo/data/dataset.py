@@ -118,7 +118,7 @@ class PairedDataset(YOLODataset):
 
     def get_cache_hash(self) -> str:
         """Include IR partners and the pairing in the cache hash so a changed pairing rescans."""
-        return get_hash(self.label_files + self.im_files + self.ir_files + [str(self.pairing), super().get_cache_hash()])
+        return get_hash(self.ir_files + [str(self.pairing), super().get_cache_hash()])  # parent hashes images+labels
 
     def verify_args(self) -> tuple:
         """Verify pairs in parallel with ``verify_pair``."""
