@@ -10,8 +10,15 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: no
 
 __version__ = "0.1.0"
 
-from ghost_yolo.engine import GhostPredictor, GhostTrainer, GhostValidator, GhostYOLO  # noqa: E402
-from ghost_yolo.nn import DualStreamStem, GhostDetectionModel  # noqa: E402
+from ghost_yolo.engine import GhostPredictor, GhostTrainer, GhostValidator, GhostYOLO
+from ghost_yolo.nn import DualStreamStem, GhostDetectionModel
 
-__all__ = ("GhostYOLO", "GhostTrainer", "GhostValidator", "GhostPredictor", "GhostDetectionModel", "DualStreamStem",
-           "__version__")
+__all__ = (
+           "DualStreamStem",
+           "GhostDetectionModel",
+           "GhostPredictor",
+           "GhostTrainer",
+           "GhostValidator",
+           "GhostYOLO",
+           "__version__",
+)

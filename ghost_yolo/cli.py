@@ -13,20 +13,28 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from ultralytics.cfg import merge_equals_args, parse_key_value_pair  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER  # noqa: E402
+from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
 
-from ghost_yolo.cfg import CFG_DIR, ghost_defaults  # noqa: E402
+from ghost_yolo.cfg import CFG_DIR, ghost_defaults
 
 MODES = {
     "train": "train a detector (no arguments: ghost-n on the built-in vedai-synth demo data)",
     "val": "validate a trained model (.pt or .onnx) on its data or data=...",
     "predict": "detect on image pairs: a folder (either pairing convention), a_co.png, or two paths",
     "export": "export a trained model, e.g. format=onnx (one input of the model's channels)",
+    "search": "HQ bit-width search on a trained model (no training): per-layer table, bits.yaml and bits.png",
+    "info": "per-layer params, MACs, bits and BOPs, size MB and GBOPs (the GHOST paper's counting); layers.csv",
     "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024]",
 }
 CONVERT_KEYS = {"source": None, "save_dir": "datasets/vedai", "size": None, "copy_images": True, "exist_ok": False}
-NEEDS_MODEL = {"val", "predict", "export"}
+NEEDS_MODEL = {"val", "predict", "export", "search"}
+# Keys each analysis mode uses (every other key is accepted, as in Ultralytics, but has no effect there)
+TOOL_KEYS = {
+    "search": ("hq_threshold", "bit_min", "bit_max", "keep_first", "keep_head", "project", "name", "exist_ok", "plots"),
+    "info": ("imgsz", "bits", "hq_threshold", "bit_min", "bit_max", "keep_first", "keep_head", "project", "name",
+             "exist_ok"),
+}
 
 HELP = f"""
 Usage: ghost MODE [key=value ...]
@@ -41,6 +49,10 @@ Examples:
   ghost val model=runs/detect/train/weights/best.pt
   ghost predict model=best.pt source=path/to/pairs save_txt=True
   ghost export model=best.pt format=onnx dynamic=True
+  ghost train model=best.pt data=vedai-synth.yaml bits=hq epochs=10   # quantize a float model (HQ widths) + QAT
+  ghost train model=ghost-n.yaml bits=hq fp_epochs=10 epochs=20      # float first, then HQ search and QAT
+  ghost search model=best.pt hq_threshold=0.1                         # widths only: table, bits.yaml, bits.png
+  ghost info model=best.pt imgsz=512                                  # size MB and GBOPs per layer
   ghost convert-vedai source=path/to/VEDAI save_dir=datasets/vedai
 
 Keys: every Ultralytics key (run 'yolo cfg' to list them) plus ghost's own; 'ghost MODE help' shows ghost's.
@@ -102,6 +114,9 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
         raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
     source = overrides.pop("source", None) if mode == "predict" else None
     m = GhostYOLO(model or "ghost-n.yaml")
+    if mode in TOOL_KEYS:
+        kw = {k: overrides[k] for k in TOOL_KEYS[mode] if k in overrides}
+        return m.search(**kw) if mode == "search" else m.quant_info(**kw)
     if mode == "predict":
         return m.predict(source=source, **overrides)
     return getattr(m, mode)(**overrides)

@@ -21,6 +21,7 @@ import numpy as np
 from ultralytics.utils import LOGGER, TQDM
 
 from .vedai import VEDAI_NAMES  # the 8-class scheme shared with the VEDAI converter
+
 CAR, PICKUP, CAMPING, TRUCK, OTHER, TRACTOR, BOAT, VAN = range(8)
 
 # Land-cover ids with their mean colour (RGB) and near-infrared level: vegetation is bright in NIR, water dark

@@ -5,4 +5,4 @@ from .predictor import GhostPredictor
 from .trainer import GhostTrainer
 from .validator import GhostValidator
 
-__all__ = ("GhostYOLO", "GhostTrainer", "GhostValidator", "GhostPredictor")
+__all__ = ("GhostPredictor", "GhostTrainer", "GhostValidator", "GhostYOLO")

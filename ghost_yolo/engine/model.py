@@ -6,10 +6,11 @@ work like ``YOLO``; ghost keys (``modality``, ``ir_jitter``, pairing names) are 
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
+from torch import nn
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER, colorstr
 
@@ -95,6 +96,81 @@ class GhostYOLO(Model):
         if split_ghost_args(kwargs)[1]:
             self.predictor = None  # ghost keys are set up at construction: rebuild the predictor
         return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
+
+    def search(self, hq_threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
+               keep_head: bool = True, save: bool = True, project: str | None = None, name: str | None = None,
+               exist_ok: bool = False, plots: bool = True, **kwargs: Any) -> dict[str, int]:
+        """HQ bit-width search on this model's weights without training: prints the table, saves bits.yaml/bits.png.
+
+        Returns ``{layer: bits}``; pass the saved YAML as ``bits=path/bits.yaml`` to train with exactly these widths.
+        """
+        from ghost_yolo.quant import (
+            bits_table,
+            check_search_args,
+            plot_bits,
+            save_bit_map,
+            search_bits,
+        )
+
+        self._check_is_pytorch_model()
+        check_search_args(hq_threshold, bit_min, bit_max)
+        if not getattr(self, "ckpt", None):
+            LOGGER.warning("searching bits on a model with no trained weights (built from a YAML): the k-means "
+                           "distortion of random initialisation says nothing about the trained model")
+        bits = search_bits(self.model, hq_threshold, bit_min, bit_max, keep_first, keep_head, progress=True)
+        LOGGER.info(bits_table(self.model, bits, hq_threshold))
+        if save:
+            save_dir = self._save_dir("search", project, name, exist_ok)
+            save_bit_map(bits, save_dir / "bits.yaml", model=self.ckpt_path or self.model_name,
+                         hq_threshold=hq_threshold, bit_min=bit_min, bit_max=bit_max)
+            if plots:
+                plot_bits(bits, save_dir / "bits.png", title=f"HQ bits per layer (hq_threshold={hq_threshold})")
+            LOGGER.info(f"{colorstr('ghost:')} bit map saved to {save_dir / 'bits.yaml'} "
+                        f"(train with bits={save_dir / 'bits.yaml'})")
+        return bits
+
+    def quant_info(self, imgsz: int | list[int] = 640, bits: Any = None, hq_threshold: float = 0.1, bit_min: int = 2,
+                   bit_max: int = 8, keep_first: bool = True, keep_head: bool = True, save: bool = True,
+                   verbose: bool = True, project: str | None = None, name: str | None = None, exist_ok: bool = False,
+                   **kwargs: Any):
+        """Per-layer size and BOPs (the GHOST paper's counting) as a pandas DataFrame; totals in ``df.attrs['totals']``.
+
+        ``bits`` counts the model as if it had those widths (a width, 'hq', a list or a bit map), without changing it.
+        """
+        from ghost_yolo.quant import (
+            format_costs,
+            layer_costs,
+            parse_bits,
+            quant_layers,
+            quantize_model,
+            resolve_bits,
+        )
+
+        self._check_is_pytorch_model()
+        imgsz = tuple(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
+        widths = None
+        if parse_bits(bits) is not None:
+            probe = self.model if quant_layers(self.model) else quantize_model(deepcopy(self.model), enabled=False)
+            widths = resolve_bits(bits, probe, hq_threshold, bit_min, bit_max, keep_first, keep_head)
+        df = layer_costs(self.model, imgsz, bits=widths)
+        if verbose:
+            LOGGER.info(format_costs(df))
+        if save:
+            save_dir = self._save_dir("info", project, name, exist_ok)
+            df.to_csv(save_dir / "layers.csv", index=False)
+            LOGGER.info(f"{colorstr('ghost:')} per-layer table saved to {save_dir / 'layers.csv'}")
+        return df
+
+    def _save_dir(self, mode: str, project: str | None, name: str | None, exist_ok: bool) -> Path:
+        """A run directory like Ultralytics' (runs/detect/<mode>, incremented), created."""
+        from types import SimpleNamespace
+
+        from ultralytics.cfg import get_save_dir
+
+        d = get_save_dir(SimpleNamespace(project=project, name=name or mode, exist_ok=exist_ok, task="detect",
+                                         mode=mode))
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     def export(self, **kwargs: Any) -> str:
         """Export (ONNX with one input of the model's channels); ghost keys are not export options."""

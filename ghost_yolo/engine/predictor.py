@@ -13,7 +13,12 @@ from ultralytics.utils.checks import check_imgsz
 from ghost_yolo.cfg import ghost_defaults, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels, split_modalities
 from ghost_yolo.data.pairing import Pairing
-from ghost_yolo.data.sources import LoadImagePairs, find_pairs, is_paired_source, looks_paired
+from ghost_yolo.data.sources import (
+    LoadImagePairs,
+    find_pairs,
+    is_paired_source,
+    looks_paired,
+)
 
 from .results import PairedResults
 

@@ -6,17 +6,33 @@ Only hooks are overridden; the training loop, EMA, checkpoints, resume and DDP a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr, emojis
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
 from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.quant import (
+    FakeQuantizer,
+    average_bits,
+    bits_table,
+    calibrate,
+    check_search_args,
+    parse_bits,
+    plot_bits,
+    quant_layers,
+    quantize_model,
+    resolve_bits,
+    save_bit_map,
+    set_bits,
+    set_quant_enabled,
+)
 from ghost_yolo.utils.plotting import plot_paired_images
 
 from .validator import GhostValidator
@@ -48,12 +64,91 @@ class GhostTrainer(DetectionTrainer):
         return build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
 
     def get_model(self, cfg: str | dict | None = None, weights: Any = None, verbose: bool = True) -> GhostDetectionModel:
-        """Ghost detection model with input channels that follow the data's modality."""
+        """Ghost detection model with input channels that follow the data's modality, prepared for quantization."""
         model = GhostDetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
         if weights:
             model.load(weights)
+        self.prepare_quantization(model, trained=bool(weights))
         return model
+
+    # Quantization -----------------------------------------------------------------------------------------------------
+    def prepare_quantization(self, model: GhostDetectionModel, trained: bool) -> None:
+        """Insert quantized convs (switched off) when ``bits`` asks for them; widths are chosen at the quantized start.
+
+        The quantizer parameters exist from the start so the optimizer holds them; ``bits=N``, lists and bit maps are
+        checked here, before any training, and the HQ search runs when the quantized phase starts (after ``fp_epochs``
+        float epochs, or at once), on the weights the model has then.
+        """
+        spec = parse_bits(self.args.bits)
+        self.quant_spec, self.trained_weights = spec, trained
+        self.float_metrics = None
+        if self.args.resume or spec is None or (spec == 32 and not quant_layers(model)):
+            return  # resume rebuilds the quantized model from its checkpoint; float runs stay float
+        if spec == "hq":
+            check_search_args(self.args.hq_threshold, self.args.bit_min, self.args.bit_max)
+        if int(self.args.fp_epochs or 0) >= self.args.epochs:
+            raise ValueError(f"fp_epochs={self.args.fp_epochs} leaves no quantized epochs of epochs={self.args.epochs}")
+        quantize_model(model, bits=8, quantizer=self.args.quantizer, keep_first=self.args.keep_first,
+                       keep_head=self.args.keep_head, enabled=False)
+        if spec != "hq":
+            set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer, with quantizer step sizes moved to the no-weight-decay group (decay would shrink them)."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        qparams = {id(p) for m in unwrap_model(model).modules() if isinstance(m, FakeQuantizer) for p in m.parameters()}
+        if qparams:
+            no_decay = next((g for g in optimizer.param_groups if g.get("param_group") == "bn"), None)
+            for g in optimizer.param_groups:
+                if g.get("weight_decay", 0) > 0 and no_decay is not None:
+                    moved = [p for p in g["params"] if id(p) in qparams]
+                    g["params"] = [p for p in g["params"] if id(p) not in qparams]
+                    no_decay["params"] += moved
+        return optimizer
+
+    def run_callbacks(self, event: str) -> None:
+        """Start the quantized phase at the right moment (these hooks are methods, so DDP workers carry them too)."""
+        if event == "on_pretrain_routine_end" and not self.args.resume and not int(self.args.fp_epochs or 0) or event == "on_train_epoch_start" and self.epoch == int(self.args.fp_epochs or 0) and self.epoch > 0:
+            self.start_quantized_phase()
+        super().run_callbacks(event)
+
+    def start_quantized_phase(self) -> None:
+        """Choose the widths (HQ search or as given), switch the quantizers on, calibrate them on a batch, restart EMA."""
+        model = unwrap_model(self.model)
+        layers = quant_layers(model)
+        if not layers or model.yaml.get("quant", {}).get("enabled"):
+            return
+        if self.epoch > 0 and self.ema:  # continue from the averaged float weights that validation measured
+            model.load_state_dict(self.ema.ema.state_dict(), strict=False)
+            self.float_metrics = {k: v for k, v in self.metrics.items() if k.startswith("metrics/")}
+            if RANK in {-1, 0} and self.best.exists():
+                shutil.copy(self.best, self.wdir / "best_fp.pt")
+        elif self.trained_weights and RANK in {-1, 0} and self.args.val:
+            metrics, _ = self.validate()  # the float model we start from, for the float-vs-quantized summary
+            self.float_metrics = {k: v for k, v in (metrics or {}).items() if k.startswith("metrics/")}
+        if self.quant_spec == "hq":
+            if not self.trained_weights and self.epoch == 0:
+                LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
+                               "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
+            bits = resolve_bits("hq", model, self.args.hq_threshold, self.args.bit_min, self.args.bit_max,
+                                self.args.keep_first, self.args.keep_head)
+            set_bits(model, bits)
+        bits = {n: m.bits for n, m in layers.items()}
+        set_quant_enabled(model, True)
+        batch = self.preprocess_batch(next(iter(self.train_loader)))
+        calibrate(model, batch["img"])
+        self.ema = ModelEMA(self.model)
+        self.best_fitness = None
+        self.stopper.best_fitness, self.stopper.best_epoch = 0.0, self.epoch
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{colorstr('ghost:')} quantized phase from epoch {self.epoch + 1} ({self.args.quantizer}, "
+                        f"average weight bits {average_bits(model):.2f}):\n"
+                        + bits_table(model, bits, self.args.hq_threshold if self.quant_spec == "hq" else None))
+            save_bit_map(bits, self.save_dir / "bits.yaml", quantizer=self.args.quantizer, source=self.args.bits,
+                         hq_threshold=self.args.hq_threshold)
+            if self.args.plots:
+                plot_bits(bits, self.save_dir / "bits.png", title=f"bits per layer ({self.args.bits})")
 
     def get_validator(self) -> GhostValidator:
         """Paired validator sharing this trainer's args (ghost keys included)."""

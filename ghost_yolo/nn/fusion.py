@@ -7,10 +7,10 @@ Ultralytics ``Conv`` (conv + BN + act) wherever BN is used, so ``fuse()`` folds 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 from ultralytics.nn.modules import Conv
 
-__all__ = ("ModalityAttention", "SqueezeExcite", "DualStreamStem")
+__all__ = ("DualStreamStem", "ModalityAttention", "SqueezeExcite")
 
 
 class ModalityAttention(nn.Module):

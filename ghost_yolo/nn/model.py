@@ -11,7 +11,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
+from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, YAML
@@ -20,6 +20,7 @@ from ultralytics.utils.torch_utils import initialize_weights
 from ghost_yolo.cfg import resolve_yaml
 
 from .fusion import DualStreamStem
+from .qconv import QConv2d
 
 # Blocks a YAML may name that Ultralytics does not know: name -> (class, stand-in used while parsing).
 GHOST_MODULES: dict[str, type[nn.Module]] = {"DualStreamStem": DualStreamStem}
@@ -86,6 +87,21 @@ class GhostDetectionModel(DetectionModel):
         for k in ("channels", "nc"):
             yaml[k] = parse_yaml[k]
         self.yaml = yaml  # the real YAML (not the stand-in one): checkpoints and resume rebuild from it
+        if quant := yaml.get("quant"):  # a quantized model rebuilds its quantized convs, widths and switches
+            from ghost_yolo.quant.apply import quantize_model
+
+            quantize_model(self, bits=quant.get("bits") or 8, quantizer=quant.get("quantizer", "lsq"),
+                           keep_first=quant.get("keep_first", True), keep_head=quant.get("keep_head", True),
+                           enabled=quant.get("enabled", True))
+
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        """Fold BatchNorm into quantized convs after quantizing their weights, then fuse the rest like Ultralytics."""
+        for m in self.modules():
+            if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, QConv2d):
+                m.conv.fold_bn(m.bn)
+                delattr(m, "bn")
+                m.forward = m.forward_fuse
+        return super().fuse(verbose=verbose, imgsz=imgsz)
 
     @property
     def modality(self) -> str:

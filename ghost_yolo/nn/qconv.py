@@ -1,0 +1,101 @@
+"""QConv2d: an ``nn.Conv2d`` with a weight quantizer and an input (activation) quantizer.
+
+It takes the place of every ``nn.Conv2d`` leaf: the one inside Ultralytics' ``Conv`` (conv + BN + act) and the bare
+ones inside blocks and the head. Parameter names stay ``conv.weight`` / ``conv.bias``, so float checkpoints load into
+it; the quantizers add ``weight_quant.*`` and ``input_quant.*`` entries. BatchNorm folding is done by ``fold_bn``:
+the quantized weight is folded, not the float one, so the fused model computes what the unfused one did.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizers import QUANTIZERS, FakeQuantizer, check_bits
+
+__all__ = ("QConv2d",)
+
+
+class QConv2d(nn.Conv2d):
+    """Conv2d with fake-quantized weights (per output channel) and input (per tensor), one bit width for both.
+
+    Attributes:
+        weight_quant (FakeQuantizer): Weight quantizer (``bits``, ``enabled``, learned ``scale`` for LSQ).
+        input_quant (FakeQuantizer): Quantizer of this conv's input activations.
+        folded (bool): True once BatchNorm was folded into the (already quantized) weight by ``fold_bn``.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int = 0, g: int = 1, d: int = 1, bias: bool = True,
+                 bits: int = 8, quantizer: str = "lsq") -> None:
+        """Like ``nn.Conv2d(c1, c2, k, s, p, dilation=d, groups=g, bias=bias)`` plus ``bits`` and ``quantizer``."""
+        super().__init__(c1, c2, k, s, p, dilation=d, groups=g, bias=bias)
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer '{quantizer}': use one of {', '.join(QUANTIZERS)}")
+        wq, aq = QUANTIZERS[quantizer]
+        self.quantizer = quantizer
+        self.weight_quant: FakeQuantizer = wq(c2, bits)
+        self.input_quant: FakeQuantizer = aq(bits)
+        self.folded = False
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bits: int = 8, quantizer: str = "lsq") -> QConv2d:
+        """Wrap an existing conv, sharing its weight and bias tensors (no copy, same names)."""
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.groups,
+                conv.dilation, conv.bias is not None, bits=bits, quantizer=quantizer)
+        q.padding_mode = conv.padding_mode
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q.to(conv.weight.device)
+        return q
+
+    @property
+    def bits(self) -> int:
+        """Bit width of this layer's weights and input activations (32: float)."""
+        return self.weight_quant.bits
+
+    @bits.setter
+    def bits(self, bits: int) -> None:
+        if self.folded and check_bits(bits) != self.weight_quant.bits:
+            raise RuntimeError("cannot change the bits of a fused (BN-folded) QConv2d; change them before fuse()")
+        self.weight_quant.bits = self.input_quant.bits = check_bits(bits)
+
+    @property
+    def quant_enabled(self) -> bool:
+        """Whether the quantizers are on (off: this layer computes in float, e.g. as its own teacher)."""
+        return self.weight_quant.enabled
+
+    @quant_enabled.setter
+    def quant_enabled(self, on: bool) -> None:
+        self.weight_quant.enabled = self.input_quant.enabled = bool(on)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight this layer computes with (already on its grid once folded)."""
+        return self.weight if self.folded else self.weight_quant(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve the quantized input with the quantized weight."""
+        return F.conv2d(self.input_quant(x), self.quantized_weight(), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    @torch.no_grad()
+    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
+        """Fold a following BatchNorm into this conv after quantizing the weight, so fused == unfused exactly.
+
+        Folding before quantizing would change the grid (and is wrong for quantizers that are not scale-equivariant
+        such as DoReFa). The folded weight is ``Q(w) * gamma / sigma`` per channel; for LSQ it stays on an integer grid
+        with per-channel step ``s_c * gamma_c / sigma_c`` (``weight_quant.scale`` is updated to that, for export).
+        """
+        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        wq = self.quantized_weight() if self.weight_quant.active or self.folded else self.weight
+        bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
+        self.weight = nn.Parameter((wq * factor.view(-1, 1, 1, 1)).detach(), requires_grad=False)
+        self.bias = nn.Parameter((bn.bias + (bias - bn.running_mean) * factor).detach(), requires_grad=False)
+        if self.weight_quant.active:
+            if hasattr(self.weight_quant, "scale") and self.weight_quant.scale.ndim:
+                self.weight_quant.scale.data = self.weight_quant.steps() * factor  # signed: codes keep their sign
+            self.folded = True
+
+    def extra_repr(self) -> str:
+        """Conv2d's description plus the bit width and quantizer."""
+        return f"{super().extra_repr()}, bits={self.bits}, quantizer={self.quantizer}"

@@ -1,0 +1,223 @@
+"""Fake quantizers: objects with explicit state (``bits``, ``enabled``, ``scale``) that a quantized conv holds.
+
+Every quantizer simulates integer arithmetic in float with a straight-through gradient. Weights are quantized per
+output channel and symmetrically; activations per tensor. The state that matters after training lives in parameters
+and buffers (saved with checkpoints, averaged by EMA); the switches are plain Python attributes that callers set
+(`enabled` for the float-teacher pass, `bits` from the bit search). ``bits == 32`` means float (pass-through).
+
+Registry: ``QUANTIZERS[name] = (weight quantizer class, activation quantizer class)``, chosen with ``quantizer=``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ("FLOAT_BITS", "QUANTIZERS", "DoReFaAct", "DoReFaWeight", "LSQAct", "LSQWeight", "check_bits", "round_ste")
+
+FLOAT_BITS = 32
+VALID_BITS = (*range(2, 9), FLOAT_BITS)
+CLIP_RATIOS = torch.linspace(0.1, 1.0, 37)  # candidate clipping ranges (fraction of the max) for data-driven init
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    """Return ``bits`` as an int if it is a valid width (2..8, or 32 for float), else raise a clear error."""
+    try:
+        b = int(bits)
+        ok = b == bits and b in VALID_BITS
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"invalid bit width {what}={bits!r}: use an integer 2..8, or 32 to keep a layer in float")
+    return b
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer with a straight-through (identity) gradient."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Identity in the forward pass, gradient times ``g`` in the backward pass (LSQ's step-size gradient scale)."""
+    return (x - x * g).detach() + x * g
+
+
+class FakeQuantizer(nn.Module):
+    """Base class: a bit width, an on/off switch, and a ``quantize`` applied when both say so."""
+
+    def __init__(self, bits: int = 8) -> None:
+        """Start enabled at ``bits``; ``register_buffer('calibrated')`` tells whether ranges came from data yet."""
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.enabled = True
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    @property
+    def active(self) -> bool:
+        """Whether ``forward`` changes its input: enabled and below float width."""
+        return self.enabled and self.bits < FLOAT_BITS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize (simulated) when active; calibrate from the first tensor seen if no range is known yet."""
+        if not self.active:
+            return x
+        if not self.calibrated:
+            self.calibrate(x)
+        return self.quantize(x)
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set ranges from data (nothing to do for quantizers without learned ranges)."""
+        self.calibrated.fill_(True)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The simulated quantize-dequantize of ``x``."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        """Show the switches next to the module name."""
+        return f"bits={self.bits}, enabled={self.enabled}"
+
+
+class LSQWeight(FakeQuantizer):
+    """LSQ weights: per-output-channel symmetric grid ``s_c * [-2^(b-1), 2^(b-1)-1]`` with learned step sizes ``s_c``.
+
+    The steps start at the per-channel clipping range that minimises the squared quantization error of the current
+    weights (so quantizing a trained float model starts close to it) and then learn with LSQ's scaled gradient.
+    """
+
+    def __init__(self, channels: int, bits: int = 8) -> None:
+        """One learned step size per output channel."""
+        super().__init__(bits)
+        self.scale = nn.Parameter(torch.ones(channels))
+
+    @property
+    def qmin(self) -> int:
+        """Lowest integer code."""
+        return -(2 ** (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        """Highest integer code."""
+        return 2 ** (self.bits - 1) - 1
+
+    def _fake(self, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize ``w`` with per-channel steps ``s`` (shape C)."""
+        s = s.view(-1, *([1] * (w.ndim - 1)))
+        return round_ste(torch.clamp(w / s, self.qmin, self.qmax)) * s
+
+    @torch.no_grad()
+    def calibrate(self, w: torch.Tensor) -> None:
+        """Per channel, pick the clipping range (a fraction of max|w|) with the least squared error."""
+        w = w.detach().float().flatten(1)
+        amax = w.abs().amax(1).clamp_min(1e-8)
+        ratios = CLIP_RATIOS.to(w.device)
+        errs = torch.stack([((self._fake(w, amax * r / self.qmax) - w) ** 2).sum(1) for r in ratios])  # R x C
+        best = ratios[errs.argmin(0)]
+        self.scale.data.copy_(amax * best / self.qmax)
+        self.calibrated.fill_(True)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """Quantize ``w`` with the learned steps (abs keeps them positive; LSQ gradient scale per channel)."""
+        g = 1.0 / math.sqrt(w[0].numel() * self.qmax)
+        s = grad_scale(self.scale, g).abs().clamp_min(1e-8).to(w.dtype)
+        return self._fake(w, s)
+
+    def steps(self) -> torch.Tensor:
+        """Per-channel step sizes as used in ``quantize`` (for export and accounting)."""
+        return self.scale.detach().abs().clamp_min(1e-8)
+
+
+class LSQAct(FakeQuantizer):
+    """LSQ activations: per-tensor grid ``s * ([0, 2^b - 1] - z)`` with a learned step ``s``.
+
+    The integer zero point ``z = round(-lo / s)`` covers the lowest value seen at calibration (``lo``, a buffer): 0 for
+    inputs fed by ReLU, sigmoid or the image (unsigned), about -0.28 for SiLU outputs, and a symmetric-like range for
+    signed inputs. So each layer's input is signed or unsigned according to what actually feeds it.
+    """
+
+    def __init__(self, bits: int = 8) -> None:
+        """A learned step and the calibrated lower bound."""
+        super().__init__(bits)
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("lo", torch.tensor(0.0))
+
+    @property
+    def levels(self) -> int:
+        """Highest integer code (codes are 0..levels)."""
+        return 2**self.bits - 1
+
+    def zero_point(self, s: torch.Tensor | None = None) -> torch.Tensor:
+        """Integer code of 0.0 for step ``s`` (the current learned step by default)."""
+        s = self.steps() if s is None else s
+        return torch.clamp(torch.round(-self.lo.to(s.dtype) / s), 0, self.levels)
+
+    def _fake(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize ``x`` with step ``s`` and zero point ``z``."""
+        return (round_ste(torch.clamp(x / s + z, 0, self.levels)) - z) * s
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Lower bound from the data's minimum (0 if non-negative); step by least squared error over clip ranges."""
+        x = x.detach().float().flatten()
+        if x.numel() > 262144:  # a fixed strided subsample keeps calibration cheap and deterministic
+            x = x[:: x.numel() // 262144 + 1]
+        lo = min(float(x.min()), 0.0)
+        span = max(float(x.max()) - lo, 1e-8)
+        self.lo.fill_(lo)
+        best, best_err = span / self.levels, float("inf")
+        for r in CLIP_RATIOS.tolist():
+            s = torch.tensor(span * r / self.levels, device=x.device)
+            err = float(((self._fake(x, s, self.zero_point(s)) - x) ** 2).sum())
+            if err < best_err:
+                best, best_err = float(s), err
+        self.scale.data.fill_(best)
+        self.calibrated.fill_(True)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize ``x`` with the learned step; the zero point follows the step (no gradient through it)."""
+        g = 1.0 / math.sqrt(x[0].numel() * self.levels)
+        s = grad_scale(self.scale, g).abs().clamp_min(1e-8)
+        return self._fake(x, s.to(x.dtype), self.zero_point(s.detach()).to(x.dtype))
+
+    def steps(self) -> torch.Tensor:
+        """The step size as used in ``quantize``."""
+        return self.scale.detach().abs().clamp_min(1e-8)
+
+
+class DoReFaWeight(FakeQuantizer):
+    """DoReFa weights (the GHOST reference): ``2 * round_b(tanh(w) / (2 max|tanh w|) + 0.5) - 1``, per output channel.
+
+    The result lies on ``2^b`` levels in [-1, 1]; unlike the reference it is multiplied back by ``max|w|`` of the channel
+    so that quantizing a trained float model keeps its scale (layers without a following BatchNorm would otherwise
+    break). The reference normalises per tensor; per channel is the layer contract here.
+    """
+
+    def __init__(self, channels: int, bits: int = 8) -> None:
+        """No learned state: the grid follows the weights."""
+        super().__init__(bits)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """Tanh-normalise, round on ``2^b - 1`` steps, map back to [-1, 1] and rescale by the channel's max|w|."""
+        n = 2**self.bits - 1
+        shape = (-1, *([1] * (w.ndim - 1)))
+        t = torch.tanh(w)
+        t = t / (2 * t.detach().abs().flatten(1).amax(1).clamp_min(1e-8).view(shape)) + 0.5
+        q = 2 * round_ste(t * n) / n - 1
+        return q * w.detach().abs().flatten(1).amax(1).view(shape)
+
+
+class DoReFaAct(FakeQuantizer):
+    """DoReFa activations (the GHOST reference): ``round_b(clamp(x, 0, 1))``; assumes ReLU-fed inputs."""
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp to [0, 1] and round on ``2^b - 1`` steps."""
+        n = 2**self.bits - 1
+        return round_ste(torch.clamp(x, 0, 1) * n) / n
+
+
+QUANTIZERS: dict[str, tuple[type[FakeQuantizer], type[FakeQuantizer]]] = {
+    "lsq": (LSQWeight, LSQAct),
+    "dorefa": (DoReFaWeight, DoReFaAct),
+}

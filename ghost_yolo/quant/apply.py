@@ -1,0 +1,224 @@
+"""Turn a detection model into a mixed-precision one, and talk to its quantized layers.
+
+``quantize_model(model, bits=4)`` swaps every ``nn.Conv2d`` for a ``QConv2d`` in place (same parameter tensors and
+names), applies the layer policy (first conv and head prediction convs at 8 bit unless told otherwise) and records the
+configuration in ``model.yaml['quant']``, so checkpoints, resume and DDP workers rebuild the same quantized model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.nn.modules import DFL, Detect
+
+from ghost_yolo.nn.qconv import QConv2d
+from ghost_yolo.nn.quantizers import FLOAT_BITS, QUANTIZERS, check_bits
+
+__all__ = (
+    "KEEP_BITS",
+    "average_bits",
+    "calibrate",
+    "conv_layers",
+    "float_mode",
+    "get_bits",
+    "is_quantized",
+    "policy_layers",
+    "quant_layers",
+    "quantize_model",
+    "set_bits",
+    "set_quant_enabled",
+)
+
+KEEP_BITS = 8  # width of the layers the policy keeps at high precision (first conv, head prediction convs)
+
+
+def _modules(model: nn.Module) -> nn.Module:
+    """The module that holds the layers (a DetectionModel, or any module)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every conv that can be quantized, by state-dict name in network order (DFL's fixed integral conv excluded)."""
+    model = _modules(model)
+    skip = {id(m.conv) for m in model.modules() if isinstance(m, DFL)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in skip}
+
+
+def quant_layers(model: nn.Module) -> dict[str, QConv2d]:
+    """The quantized convs of a model, by name in network order."""
+    return {n: m for n, m in conv_layers(model).items() if isinstance(m, QConv2d)}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True if the model carries quantized convs below float width."""
+    return any(m.bits < FLOAT_BITS for m in quant_layers(model).values())
+
+
+def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of (the first layer's convs, the head's final prediction convs), which the policy keeps at 8 bit.
+
+    The first layer is everything in ``model.0`` (a plain first conv, or both streams of a dual-stream stem); the
+    head's prediction convs are the last conv of every box and class branch of a ``Detect`` head.
+    """
+    model = _modules(model)
+    names = {id(m): n for n, m in conv_layers(model).items()}
+    first = [names[id(m)] for m in model.model[0].modules() if id(m) in names] if hasattr(model, "model") else []
+    if not first and names:
+        first = [next(iter(names.values()))]
+    head = []
+    for m in model.modules():
+        if isinstance(m, Detect):
+            for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+                for branch in getattr(m, attr, None) or []:
+                    last = [c for c in branch.modules() if id(c) in names][-1:]
+                    head += [names[id(c)] for c in last]
+    return first, head
+
+
+def _quant_section(model: nn.Module) -> dict[str, Any] | None:
+    yaml = getattr(_modules(model), "yaml", None)
+    return yaml.get("quant") if isinstance(yaml, dict) else None
+
+
+def _record(model: nn.Module, **kw: Any) -> None:
+    """Keep the quantization config in ``model.yaml['quant']`` (the part of a model that survives every rebuild)."""
+    model = _modules(model)
+    if isinstance(getattr(model, "yaml", None), dict):
+        section = model.yaml.setdefault("quant", {})
+        section.update(kw)
+        section["bits"] = get_bits(model)
+
+
+def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: str = "lsq", keep_first: bool = True,
+                   keep_head: bool = True, enabled: bool = True) -> nn.Module:
+    """Swap in quantized convs (in place) and set their widths; returns the model.
+
+    Args:
+        model: An Ultralytics/ghost detection model (or any module with convs).
+        bits: One width for all layers (2..8, 32 = float) or ``{layer name: width}`` (applied as written; unnamed
+            layers take 8).
+        quantizer: ``lsq`` (learned step sizes) or ``dorefa`` (the GHOST reference; needs a ReLU model).
+        keep_first: Keep the first layer's convs at 8 bit when ``bits`` is one width.
+        keep_head: Keep the head's prediction convs at 8 bit when ``bits`` is one width.
+        enabled: Start with the quantizers on (off: float until ``set_quant_enabled(model, True)``).
+    """
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer '{quantizer}': use one of {', '.join(QUANTIZERS)}")
+    if quantizer == "dorefa":
+        check_relu(model)
+    root = _modules(model)
+    for name, conv in conv_layers(root).items():
+        if isinstance(conv, QConv2d):
+            if conv.quantizer != quantizer:
+                raise ValueError(f"layer '{name}' is already quantized with '{conv.quantizer}', not '{quantizer}'")
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        setattr(parent, attr, QConv2d.from_float(conv, bits=KEEP_BITS, quantizer=quantizer))
+    if isinstance(bits, dict):
+        set_bits(root, {**dict.fromkeys(quant_layers(root), KEEP_BITS), **bits})
+    else:
+        set_bits(root, uniform_bits(root, bits, keep_first, keep_head))
+    set_quant_enabled(root, enabled)
+    _record(root, quantizer=quantizer, keep_first=bool(keep_first), keep_head=bool(keep_head), enabled=bool(enabled))
+    return model
+
+
+def uniform_bits(model: nn.Module, bits: int, keep_first: bool = True, keep_head: bool = True) -> dict[str, int]:
+    """One width for every quantized layer, with the policy's layers kept at 8 bit (never lowered below ``bits``)."""
+    bits = check_bits(bits)
+    first, head = policy_layers(model)
+    kept = set(first * bool(keep_first) + head * bool(keep_head))
+    return {n: max(bits, KEEP_BITS) if n in kept else bits for n in quant_layers(model)}
+
+
+def check_relu(model: nn.Module) -> None:
+    """DoReFa clamps activations to [0, 1]: refuse models whose convs use another activation (such as SiLU)."""
+    acts = {type(m.act).__name__ for m in _modules(model).modules() if isinstance(getattr(m, "act", None), nn.Module)
+            and not isinstance(m.act, (nn.Identity, nn.ReLU))}
+    if acts:
+        raise ValueError(f"quantizer=dorefa clamps activations to [0, 1] and needs a ReLU model, but this model uses "
+                         f"{', '.join(sorted(acts))}: set 'act: ReLU' in the model YAML (and train it), or use "
+                         "quantizer=lsq")
+
+
+def get_bits(model: nn.Module) -> dict[str, int]:
+    """``{layer name: bits}`` of every quantized conv."""
+    return {n: m.bits for n, m in quant_layers(model).items()}
+
+
+def set_bits(model: nn.Module, bits: dict[str, int]) -> None:
+    """Set per-layer widths by name; unknown names and invalid widths raise with the names that exist."""
+    layers = quant_layers(model)
+    unknown = [n for n in bits if n not in layers]
+    if unknown:
+        shown = ", ".join(list(layers)[:6]) + (", ..." if len(layers) > 6 else "")
+        raise ValueError(f"bit map names {len(unknown)} unknown layer(s): {', '.join(unknown[:5])}"
+                         f"{' ...' if len(unknown) > 5 else ''}. Layers are named like {shown} "
+                         "('ghost info model=...' lists them all)")
+    for n, b in bits.items():
+        layers[n].bits = check_bits(b, f"bits[{n}]")
+    if _quant_section(model) is not None:
+        _modules(model).yaml["quant"]["bits"] = get_bits(model)
+
+
+def set_quant_enabled(model: nn.Module, on: bool) -> None:
+    """Switch every quantizer on or off, without copying the model (off: the same weights compute in float)."""
+    for m in quant_layers(model).values():
+        m.quant_enabled = on
+    if (section := _quant_section(model)) is not None:
+        section["enabled"] = bool(on)
+
+
+@contextmanager
+def float_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a quantized model in float inside the block (its own full-precision teacher), then restore each layer."""
+    layers = quant_layers(model)
+    states = {n: m.quant_enabled for n, m in layers.items()}
+    try:
+        for m in layers.values():
+            m.quant_enabled = False
+        yield model
+    finally:
+        for n, m in layers.items():
+            m.quant_enabled = states[n]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: torch.Tensor, recalibrate: bool = True) -> None:
+    """Set every quantizer's range from one batch of training images, without touching BatchNorm statistics.
+
+    Runs in training mode (so activations look like they will in training) with BN momentum at 0; layers calibrate in
+    forward order, each on the input produced by the already-quantized layers before it.
+    """
+    root = _modules(model)
+    layers = quant_layers(root)
+    if recalibrate:
+        for m in layers.values():
+            m.weight_quant.calibrated.fill_(False)
+            m.input_quant.calibrated.fill_(False)
+    bns = [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    training = root.training
+    try:
+        for bn in bns:
+            bn.momentum = 0.0
+        root.train()
+        root(images)
+    finally:
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+        root.train(training)
+
+
+def average_bits(model: nn.Module, weighted: bool = True) -> float:
+    """Average weight width over quantized convs, weighted by parameter count (float layers count 32)."""
+    layers = quant_layers(model)
+    if not layers:
+        return float(FLOAT_BITS)
+    w = [m.weight.numel() if weighted else 1 for m in layers.values()]
+    return sum(m.bits * n for m, n in zip(layers.values(), w)) / sum(w)
