@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr, emojis
@@ -24,6 +25,7 @@ from ghost_yolo.quant import (
     bits_table,
     calibrate,
     check_search_args,
+    layer_costs,
     parse_bits,
     plot_bits,
     quant_layers,
@@ -138,6 +140,11 @@ class GhostTrainer(DetectionTrainer):
         set_quant_enabled(model, True)
         batch = self.preprocess_batch(next(iter(self.train_loader)))
         calibrate(model, batch["img"])
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():  # ranks calibrated on their own batch
+            for q in (q for m in layers.values() for q in (m.weight_quant, m.input_quant)):
+                for t in (*q.parameters(), *q.buffers()):
+                    if t.is_floating_point():
+                        dist.broadcast(t.data, src=0)
         self.ema = ModelEMA(self.model)
         self.best_fitness = None
         self.stopper.best_fitness, self.stopper.best_epoch = 0.0, self.epoch
@@ -165,21 +172,58 @@ class GhostTrainer(DetectionTrainer):
         if RANK in {-1, 0} and self.best.exists() and self.metrics:
             LOGGER.info(self.summary())
 
-    def summary(self) -> str:
-        """Plain-text summary: model, modality, data, accuracy, weights, and the next commands."""
+    def quant_report(self) -> dict[str, Any] | None:
+        """Float vs quantized figures of a quantized run: mAP50, mAP50-95 (val), size MB and GBOPs at ``imgsz``."""
         model = unwrap_model(self.model)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        if not quant_layers(model) or not model.yaml.get("quant", {}).get("enabled"):
+            return None
+        costs = layer_costs(model, self.args.imgsz).attrs["totals"]
+        fm, qm = self.float_metrics or {}, self.metrics or {}
+        return {
+            "quantizer": self.args.quantizer,
+            "bits": self.args.bits,
+            "avg_w_bits": round(costs["avg_w_bits"], 3),
+            "float": {"mAP50": fm.get("metrics/mAP50(B)"), "mAP50-95": fm.get("metrics/mAP50-95(B)"),
+                      "size_mb": round(costs["float_mb"], 3), "gbops": round(costs["float_gbops"], 2)},
+            "quantized": {"mAP50": qm.get("metrics/mAP50(B)"), "mAP50-95": qm.get("metrics/mAP50-95(B)"),
+                          "size_mb": round(costs["size_mb"], 3), "gbops": round(costs["gbops"], 2)},
+        }
+
+    def summary(self) -> str:
+        """Plain-text summary: model, modality, data, accuracy, float vs quantized, weights, and the next commands."""
+        model = unwrap_model(self.model)
+        params = sum(p.numel() for n, p in model.named_parameters() if "_quant." not in n) / 1e6
         name = Path(model.yaml.get("yaml_file", "model")).stem
         m = self.metrics
         size = self.best.stat().st_size / 1e6
         data = Path(str(self.args.data)).name
-        return "\n".join((
+        lines = [
             f"\n{colorstr('bold', 'ghost summary')}",
-            f"  model     {name}, {params:.2f} M params, modality {self.data['modality']} ({self.data['channels']} ch), imgsz {self.args.imgsz}",
+            f"  model     {name}, {params:.2f} M params, modality {self.data['modality']} ({self.data['channels']} ch), "
+            f"imgsz {self.args.imgsz}",
             f"  data      {data}: {len(self.train_loader.dataset)} train / {len(self.test_loader.dataset)} val images",
             f"  accuracy  mAP50 {m.get('metrics/mAP50(B)', 0):.3f}   mAP50-95 {m.get('metrics/mAP50-95(B)', 0):.3f}   "
             f"(best.pt on val, {self.epoch + 1} epochs)",
+        ]
+        if q := self.quant_report():
+            f, qq = q["float"], q["quantized"]
+
+            def num(v: float | None, fmt: str) -> str:
+                return "-" if v is None else format(v, fmt)
+
+            lines += [
+                f"  quantized {q['quantizer']}, bits={q['bits']}, average weight bits {q['avg_w_bits']:.2f} "
+                f"(bits.yaml in the run dir)",
+                f"  {'':<10}{'float':>10}{'quantized':>11}",
+                *(f"  {k:<10}{num(f[key], fmt):>10}{num(qq[key], fmt):>11}" for k, key, fmt in (
+                    ("mAP50", "mAP50", ".3f"), ("mAP50-95", "mAP50-95", ".3f"), ("size MB", "size_mb", ".2f"),
+                    ("GBOPs", "gbops", ".1f"))),
+            ]
+            if (self.wdir / "best_fp.pt").exists():
+                lines.append(f"  float     {self.wdir / 'best_fp.pt'} (the float phase's best)")
+        lines += [
             f"  weights   {self.best} ({size:.1f} MB)",
             f"  next      ghost predict model={self.best} source=FOLDER_OF_PAIRS",
             f"            ghost export model={self.best} format=onnx",
-        ))
+        ]
+        return "\n".join(lines)
