@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 IMGSZ = 64
+
+
+@pytest.fixture
+def log(caplog):
+    """Ultralytics' logger does not propagate to root: attach pytest's handler to it."""
+    logger = logging.getLogger("ultralytics")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +47,15 @@ def trained(synth_yaml, tmp_path_factory) -> Path:
     model.train(data=str(synth_yaml), epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="train",
                 exist_ok=True, plots=True, seed=0, deterministic=True, val=True)
     return project / "train"
+
+
+@pytest.fixture(scope="session")
+def qtrained(synth_yaml, tmp_path_factory) -> Path:
+    """One float epoch, then the HQ search and one quantized (LSQ) epoch; returns the run directory."""
+    from ghost_yolo import GhostYOLO
+
+    project = tmp_path_factory.mktemp("qruns")
+    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), epochs=2, fp_epochs=1, bits="hq", hq_threshold=0.05,
+                                    imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="q", exist_ok=True,
+                                    plots=True, seed=0, deterministic=True)
+    return project / "q"

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
 import pytest
 
 from ghost_yolo.cli import entrypoint
-
-
-@pytest.fixture
-def log(caplog):
-    """Ultralytics' logger does not propagate to root: attach pytest's handler to it."""
-    logger = logging.getLogger("ultralytics")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_help_as_a_user_runs_it():

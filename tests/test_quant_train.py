@@ -1,0 +1,174 @@
+"""Quantized training end to end: float phase, HQ search, QAT, checkpoints, fused inference, resume, CLI tools."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import YAML
+
+from ghost_yolo import GhostYOLO
+from ghost_yolo.cli import entrypoint
+from ghost_yolo.quant import get_bits, quant_layers
+
+IMGSZ = 64  # matches conftest
+
+
+def _bits_yaml(path: Path) -> dict[str, int]:
+    return YAML.load(path)["bits"]
+
+
+def test_quantized_run_outputs(qtrained):
+    """best.pt is quantized with the searched widths (also in bits.yaml), best_fp.pt is the float phase's model."""
+    w = qtrained / "weights"
+    q, _ = load_checkpoint(w / "best.pt")
+    f, _ = load_checkpoint(w / "best_fp.pt")
+    section = q.yaml["quant"]
+    assert section["enabled"] and section["quantizer"] == "lsq"
+    assert get_bits(q) == section["bits"] == _bits_yaml(qtrained / "bits.yaml")
+    assert {2, 3, 4, 5, 6, 7, 8} >= set(section["bits"].values()) and section["bits"]["model.0.conv"] == 8
+    assert all(bool(m.input_quant.calibrated) and bool(m.weight_quant.calibrated) for m in quant_layers(q).values())
+    assert not f.yaml.get("quant", {}).get("enabled")
+    assert (qtrained / "bits.png").stat().st_size > 1000
+    rows = (qtrained / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
+
+
+def test_checkpoint_bits_in_fresh_process(qtrained):
+    """A fresh process loads best.pt with the same per-layer widths and quantizers switched on."""
+    code = f"""
+from ghost_yolo import GhostYOLO
+from ghost_yolo.quant import get_bits, quant_layers
+m = GhostYOLO({str(qtrained / 'weights' / 'best.pt')!r})
+print(sorted(get_bits(m.model).items()) == sorted({_bits_yaml(qtrained / 'bits.yaml')!r}.items()),
+      all(q.quant_enabled for q in quant_layers(m.model).values()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "True"]
+
+
+def test_fused_matches_unfused_trained(qtrained, synth_yaml):
+    """On real val images the fused model (what predict/export run) agrees with the unfused one (training val)."""
+    import cv2
+
+    from ghost_yolo.data.io import load_pair
+
+    model, _ = load_checkpoint(qtrained / "weights" / "best.pt")
+    model = model.float().eval()
+    co = sorted((synth_yaml.parent / "images" / "val").glob("*_co.png"))[:4]
+    ims = [cv2.resize(load_pair(p, p.with_name(p.name.replace("_co", "_ir")), "rgb+ir"), (IMGSZ, IMGSZ)) for p in co]
+    x = torch.from_numpy(__import__("numpy").stack(ims)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        ref = model(x)[0]
+        out = deepcopy(model).fuse(verbose=False)(x)[0]
+    box_err = (out[:, :4] - ref[:, :4]).abs().max().item()
+    cls_err = (out[:, 4:] - ref[:, 4:]).abs().max().item()
+    assert box_err < 0.5 and cls_err < 0.02, (box_err, cls_err)  # within one quantization step of the head
+
+
+def test_quantized_val_and_predict(qtrained, synth_yaml):
+    """The quantized checkpoint validates and predicts on pairs like a float one."""
+    m = GhostYOLO(qtrained / "weights" / "best.pt")
+    metrics = m.val(data=str(synth_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False)
+    assert 0 <= metrics.box.map50 <= 1
+    res = m.predict(source=str(synth_yaml.parent / "images" / "val"), imgsz=IMGSZ, save=False, verbose=False)
+    assert len(res) == 8
+
+
+def test_resume_in_quantized_phase(synth_yaml, tmp_path):
+    """A run stopped in its quantized phase resumes with the same widths and step sizes (not re-searched)."""
+    m = GhostYOLO("ghost-n.yaml")
+
+    def stop(trainer):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+
+    m.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(KeyboardInterrupt):
+        m.train(data=str(synth_yaml), epochs=3, fp_epochs=1, bits=4, imgsz=IMGSZ, batch=8, workers=0,
+                project=str(tmp_path), name="r", plots=False)
+    last = tmp_path / "r" / "weights" / "last.pt"
+    saved, _ = load_checkpoint(last)
+    seen = {}
+
+    def grab(trainer):
+        model = trainer.model
+        seen["bits"] = get_bits(model)
+        seen["scales"] = {n: q.weight_quant.scale.detach().clone() for n, q in quant_layers(model).items()}
+
+    resumed = GhostYOLO(last)
+    resumed.add_callback("on_train_start", grab)
+    resumed.train(resume=True, workers=0)
+    assert seen["bits"] == get_bits(saved) and set(seen["bits"].values()) == {4, 8}
+    for n, q in quant_layers(saved).items():
+        assert torch.equal(seen["scales"][n].float(), q.weight_quant.scale.float()), n
+    assert len((tmp_path / "r" / "results.csv").read_text().strip().splitlines()) == 4
+
+
+def test_search_cli_is_deterministic(trained, tmp_path):
+    """'ghost search' saves the same bit map twice for the same weights, plus the bar chart."""
+    best = trained / "weights" / "best.pt"
+    for name in ("a", "b"):
+        assert entrypoint(f"search model={best} hq_threshold=0.05 project={tmp_path} name={name}") == 0
+    a, b = _bits_yaml(tmp_path / "a" / "bits.yaml"), _bits_yaml(tmp_path / "b" / "bits.yaml")
+    assert a == b and len(a) == 87
+    assert (tmp_path / "a" / "bits.png").is_file()
+    looser = GhostYOLO(best).search(hq_threshold=1.0, save=False)
+    assert sum(looser.values()) <= sum(a.values())  # a looser threshold never asks for more bits
+
+
+def test_info_cli_and_api(trained, tmp_path):
+    """'ghost info' writes the per-layer CSV; the API returns the same totals; bits= counts a hypothetical width."""
+    best = trained / "weights" / "best.pt"
+    assert entrypoint(f"info model={best} imgsz=128 project={tmp_path} name=i") == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "i" / "layers.csv")
+    assert len(df) == 87 and set(df["w_bits"]) == {32}
+    api = GhostYOLO(best).quant_info(imgsz=128, save=False, verbose=False)
+    assert api["bops"].sum() == df["bops"].sum()
+    w4 = GhostYOLO(best).quant_info(imgsz=128, bits=4, save=False, verbose=False).attrs["totals"]
+    t = api.attrs["totals"]
+    assert w4["size_mb"] < t["float_mb"] / 4 and w4["gbops"] < t["gbops"] / 16 and t["float_mb"] == t["size_mb"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ("bits=9", "invalid bit width"),
+        ("bits=hq hq_threshold=0", "hq_threshold must be > 0"),
+        ("bits=hq bit_min=6 bit_max=4", "bit_min=6 is larger than bit_max=4"),
+        ("bits=4 quantizer=dorefa", "needs a ReLU model"),
+        ("bits=4 quantizer=int8", "unknown quantizer 'int8'"),
+        ("bits=4 fp_epochs=3 epochs=2", "leaves no quantized epochs"),
+    ],
+)
+def test_train_bad_quant_args(synth_yaml, tmp_path, log, args, message):
+    """Bad quantization options stop before training with a one-line error."""
+    rc = entrypoint(f"train data={synth_yaml} imgsz={IMGSZ} epochs=1 workers=0 project={tmp_path} {args}")
+    assert rc == 2
+    assert message in log.text
+
+
+def test_bit_map_file_errors(trained, synth_yaml, tmp_path, log):
+    """A bit map naming unknown layers, or with a bad width, is refused naming the layer."""
+    bad = tmp_path / "bits.yaml"
+    bad.write_text("bits:\n  model.1.conv: 4\n  model.77.conv: 4\n")
+    rc = entrypoint(f"train model={trained / 'weights' / 'best.pt'} data={synth_yaml} bits={bad} imgsz={IMGSZ} "
+                    f"epochs=1 workers=0 project={tmp_path}")
+    assert rc == 2 and "model.77.conv" in log.text
+    bad.write_text("model.1.conv: 12\n")
+    assert entrypoint(f"info model={trained / 'weights' / 'best.pt'} bits={bad}") == 2
+    assert "model.1.conv" in log.text and "12" in log.text
+
+
+def test_hq_on_random_init_warns(log):
+    """Searching a model built from a YAML (random weights) warns that the result means nothing."""
+    GhostYOLO("ghost-n.yaml").search(save=False)
+    assert "no trained weights" in log.text
