@@ -172,3 +172,25 @@ def test_hq_on_random_init_warns(log):
     """Searching a model built from a YAML (random weights) warns that the result means nothing."""
     GhostYOLO("ghost-n.yaml").search(save=False)
     assert "no trained weights" in log.text
+
+
+def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
+    """model=float best.pt bits=8: the float model is validated first, quantized at once, and both are summarised."""
+    from ghost_yolo.engine.trainer import GhostTrainer
+
+    seen = {}
+
+    class Spy(GhostTrainer):
+        def final_eval(self):
+            super().final_eval()
+            seen["report"], seen["summary"] = self.quant_report(), self.summary()
+
+    m = GhostYOLO(trained / "weights" / "best.pt")
+    m.train(trainer=Spy, data=str(synth_yaml), bits=8, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
+            name="qat", plots=False)
+    rep = seen["report"]
+    assert rep["float"]["mAP50"] is not None and rep["quantized"]["mAP50"] is not None
+    assert rep["quantized"]["size_mb"] < rep["float"]["size_mb"] / 3 and rep["avg_w_bits"] == 8
+    assert "float" in seen["summary"] and "GBOPs" in seen["summary"]
+    q, _ = load_checkpoint(tmp_path / "qat" / "weights" / "best.pt")
+    assert set(get_bits(q).values()) == {8}

@@ -7,6 +7,7 @@ Only hooks are overridden; the training loop, EMA, checkpoints, resume and DDP a
 from __future__ import annotations
 
 import shutil
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,10 @@ class GhostTrainer(DetectionTrainer):
 
     def run_callbacks(self, event: str) -> None:
         """Start the quantized phase at the right moment (these hooks are methods, so DDP workers carry them too)."""
-        if event == "on_pretrain_routine_end" and not self.args.resume and not int(self.args.fp_epochs or 0) or event == "on_train_epoch_start" and self.epoch == int(self.args.fp_epochs or 0) and self.epoch > 0:
+        fp_epochs = int(self.args.fp_epochs or 0)
+        at_setup = event == "on_pretrain_routine_end" and not self.args.resume and not fp_epochs
+        after_float = event == "on_train_epoch_start" and fp_epochs and self.epoch == fp_epochs
+        if at_setup or after_float:
             self.start_quantized_phase()
         super().run_callbacks(event)
 
@@ -121,16 +125,19 @@ class GhostTrainer(DetectionTrainer):
         layers = quant_layers(model)
         if not layers or model.yaml.get("quant", {}).get("enabled"):
             return
-        if self.epoch > 0 and self.ema:  # continue from the averaged float weights that validation measured
+        self.epoch = epoch = getattr(self, "epoch", self.start_epoch)
+        if epoch > 0 and self.ema:  # continue from the averaged float weights that validation measured
             model.load_state_dict(self.ema.ema.state_dict(), strict=False)
             self.float_metrics = {k: v for k, v in self.metrics.items() if k.startswith("metrics/")}
             if RANK in {-1, 0} and self.best.exists():
                 shutil.copy(self.best, self.wdir / "best_fp.pt")
         elif self.trained_weights and RANK in {-1, 0} and self.args.val:
-            metrics, _ = self.validate()  # the float model we start from, for the float-vs-quantized summary
+            validator = self.get_validator()  # standalone validation of the float model (no training step yet)
+            validator.args.plots = False
+            metrics = validator(model=deepcopy(model).float())  # the float model we start from, for the float-vs-quantized summary
             self.float_metrics = {k: v for k, v in (metrics or {}).items() if k.startswith("metrics/")}
         if self.quant_spec == "hq":
-            if not self.trained_weights and self.epoch == 0:
+            if not self.trained_weights and epoch == 0:
                 LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
                                "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
             bits = resolve_bits("hq", model, self.args.hq_threshold, self.args.bit_min, self.args.bit_max,
@@ -147,9 +154,9 @@ class GhostTrainer(DetectionTrainer):
                         dist.broadcast(t.data, src=0)
         self.ema = ModelEMA(self.model)
         self.best_fitness = None
-        self.stopper.best_fitness, self.stopper.best_epoch = 0.0, self.epoch
+        self.stopper.best_fitness, self.stopper.best_epoch = 0.0, epoch
         if RANK in {-1, 0}:
-            LOGGER.info(f"{colorstr('ghost:')} quantized phase from epoch {self.epoch + 1} ({self.args.quantizer}, "
+            LOGGER.info(f"{colorstr('ghost:')} quantized phase from epoch {epoch + 1} ({self.args.quantizer}, "
                         f"average weight bits {average_bits(model):.2f}):\n"
                         + bits_table(model, bits, self.args.hq_threshold if self.quant_spec == "hq" else None))
             save_bit_map(bits, self.save_dir / "bits.yaml", quantizer=self.args.quantizer, source=self.args.bits,

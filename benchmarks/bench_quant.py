@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Hybrid quantization benchmark: QAT step time vs float, and accuracy of float vs W8A8 vs HQ mixed precision.
+
+Both questions are answered side by side in ONE process and reported as ratios / differences:
+
+1. Training step (forward + loss + backward + SGD step, one real augmented vedai-synth batch, no EMA) of ghost-n in
+   float vs the same weights with fake quantization (LSQ, W8A8 and W4A4; the policy keeps first/head convs at 8 bit).
+   Repetitions are interleaved (A B C, C B A, ...) and medians compared. Target: quantized / float <= 1.5x.
+2. Accuracy at a fixed budget on vedai-synth (rgb+ir, 400 train / 100 val pairs, 256 px, seed 0): one float model is
+   trained for ``--fp-epochs`` (or given with ``--weights``), then every arm fine-tunes it for ``--q-epochs`` with the
+   same settings: float (no quantization), W8A8 (``bits=8``), HQ (``bits=hq`` at ``--hq-threshold``), and W4A4
+   (``bits=4``, for reference). Targets: W8A8 within 1 mAP50 point of float; HQ with average weight bits <= 5 within
+   3 points. The table is printed and saved as markdown (``--out``).
+
+The script exits 0 whatever the numbers: it is a benchmark, not a test. PASS/FAIL lines compare against the targets.
+
+Usage (from the repository root, ghost-yolo installed):
+    python benchmarks/bench_quant.py                        # both sections (~25 min on an idle 2-core CPU)
+    python benchmarks/bench_quant.py --skip-accuracy        # step time only (~1 min)
+    python benchmarks/bench_quant.py --weights best.pt      # reuse a float vedai-synth model for the accuracy arms
+    python benchmarks/bench_quant.py --quick                # smoke run (tiny sizes; the numbers mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from copy import deepcopy
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+STEP_TARGET = 1.5  # quantized / float step time, at most
+W8_TARGET = 1.0  # mAP50 points below float, at most
+HQ_TARGET = 3.0  # mAP50 points below float, at most, with average weight bits <= HQ_BITS
+HQ_BITS = 5.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p.add_argument("--skip-step", action="store_true", help="skip the step-time section")
+    p.add_argument("--skip-accuracy", action="store_true", help="skip the accuracy section")
+    p.add_argument("--imgsz", type=int, default=256, help="training image size (256)")
+    p.add_argument("--batch", type=int, default=16, help="batch size: 16 for training, 8 for the step section")
+    p.add_argument("--step-reps", type=int, default=7, help="interleaved repetitions of the step timing (7)")
+    p.add_argument("--weights", type=Path, help="a float vedai-synth model to start the arms from (skips training it)")
+    p.add_argument("--fp-epochs", type=int, default=15, help="float epochs before the arms (15, the demo's budget)")
+    p.add_argument("--q-epochs", type=int, default=5, help="epochs of every arm (5)")
+    p.add_argument("--hq-threshold", type=float, default=2.0, help="HQ threshold of the HQ arm (2.0: ~4.8 bits here)")
+    p.add_argument("--workdir", type=Path, help="data and runs go here (default: a temporary directory)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant_accuracy.md"), help="markdown table")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.fp_epochs, a.q_epochs, a.step_reps, a.imgsz = min(a.fp_epochs, 1), min(a.q_epochs, 1), 3, 128
+    return a
+
+
+def make_data(root: Path, quick: bool, imgsz: int) -> Path:
+    """Generate vedai-synth (400/100 pairs, or 32/16 for --quick) and its data YAML."""
+    from ultralytics.utils import YAML
+
+    from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
+
+    data = root / "vedai-synth"
+    n_train, n_val = (32, 16) if quick else (400, 100)
+    if not (data / "data.yaml").exists():
+        generate_vedai_synth(data, n_train=n_train, n_val=n_val, imgsz=max(imgsz, 256), seed=0, workers=2)
+        YAML.save(data / "data.yaml", {"path": str(data), "train": "images/train", "val": "images/val",
+                                       "pairing": "suffix", "names": VEDAI_NAMES})
+    return data / "data.yaml"
+
+
+# 1. step time ---------------------------------------------------------------------------------------------------------
+def real_batch(data_yaml: Path, imgsz: int, batch: int) -> dict:
+    """One augmented training batch from the paired loader (mosaic, perspective, HSV, flips), images in [0, 1]."""
+    from ultralytics.cfg import get_cfg
+
+    from ghost_yolo.cfg import ghost_defaults
+    from ghost_yolo.data.check import apply_modality, build_dataset, check_data
+
+    cfg = get_cfg(overrides={"imgsz": imgsz, "data": str(data_yaml)})
+    for k, v in ghost_defaults().items():
+        setattr(cfg, k, v)
+    data = apply_modality(check_data(str(data_yaml)), None, vars(cfg))
+    ds = build_dataset(cfg, data["train"], batch, data, mode="train", stride=32)
+    b = ds.collate_fn([ds[i] for i in range(batch)])
+    b["img"] = b["img"].float() / 255
+    return b
+
+
+def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
+    """Interleaved medians of float, W8A8 and W4A4 training steps on the same batch and weights."""
+    from ultralytics.cfg import get_cfg
+
+    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.quant import calibrate, quantize_model
+
+    batch = real_batch(data_yaml, args.imgsz, 8)
+    torch.manual_seed(0)
+    base = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    base.args = get_cfg()
+    arms = {"float": base, "W8A8": deepcopy(base), "W4A4": deepcopy(base)}
+    for name, bits in (("W8A8", 8), ("W4A4", 4)):
+        quantize_model(arms[name], bits=bits)
+        calibrate(arms[name], batch["img"])
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in arms.items()}
+
+    def step(k: str) -> float:
+        m, opt = arms[k], opts[k]
+        m.train()
+        t = time.perf_counter()
+        loss, _ = m.loss(batch)
+        loss.sum().backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
+        opt.step()
+        opt.zero_grad()
+        return time.perf_counter() - t
+
+    for k in arms:  # warm-up
+        step(k), step(k)
+    times = {k: [] for k in arms}
+    order = list(arms)
+    for r in range(args.step_reps):
+        for k in order if r % 2 == 0 else order[::-1]:
+            times[k].append(step(k))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = [f"step time (batch 8, imgsz {args.imgsz}, {torch.get_num_threads()} threads, median of {args.step_reps}):"]
+    for k in arms:
+        ratio = med[k] / med["float"]
+        target = "" if k == "float" else f"   target <= {STEP_TARGET}x: {'PASS' if ratio <= STEP_TARGET else 'FAIL'}"
+        lines.append(f"  {k:<6} {med[k] * 1000:7.0f} ms   {ratio:5.2f}x{target}")
+    return lines
+
+
+# 2. accuracy ----------------------------------------------------------------------------------------------------------
+def train_arm(model: str | Path, data_yaml: Path, project: Path, name: str, epochs: int, args: argparse.Namespace,
+              **kw) -> Path:
+    """One training run with the benchmark's fixed settings; returns its run directory."""
+    from ghost_yolo import GhostYOLO
+
+    GhostYOLO(model).train(data=str(data_yaml), epochs=epochs, imgsz=args.imgsz, batch=args.batch, workers=2, seed=0,
+                           deterministic=True, project=str(project), name=name, exist_ok=True, plots=False,
+                           warmup_epochs=0 if name != "fp" else 1, close_mosaic=min(3, epochs), verbose=False, **kw)
+    return project / name
+
+
+def evaluate(run: Path, data_yaml: Path, imgsz: int) -> dict:
+    """mAP of a run's best.pt (fused, as deployed), with its size and BOPs at imgsz."""
+    from ghost_yolo import GhostYOLO
+
+    m = GhostYOLO(run / "weights" / "best.pt")
+    costs = m.quant_info(imgsz=imgsz, save=False, verbose=False).attrs["totals"]
+    met = m.val(data=str(data_yaml), imgsz=imgsz, batch=16, workers=2, plots=False, verbose=False)
+    return {"map50": 100 * met.box.map50, "map": 100 * met.box.map, "bits": costs["avg_w_bits"],
+            "mb": costs["size_mb"], "gbops": costs["gbops"]}
+
+
+def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> list[str]:
+    """Float base model, then the four arms from it; a markdown table of the results."""
+    project = root / "runs"
+    t0 = time.time()
+    fp = args.weights or train_arm("ghost-n.yaml", data_yaml, project, "fp", args.fp_epochs, args) / "weights/best.pt"
+    arms = {"float": {}, "W8A8": {"bits": 8}, f"HQ (t={args.hq_threshold})": {"bits": "hq",
+                                                                             "hq_threshold": args.hq_threshold},
+            "W4A4": {"bits": 4}}
+    res = {}
+    for name, kw in arms.items():
+        run = train_arm(fp, data_yaml, project, name.split()[0].lower(), args.q_epochs, args, **kw)
+        res[name] = evaluate(run, data_yaml, args.imgsz)
+        print(f"  {name}: {res[name]}", flush=True)
+    f = res["float"]
+    rows = ["| model | avg weight bits | size MB | GBOPs @%d | mAP50 | mAP50-95 | mAP50 vs float |" % args.imgsz,
+            "|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        rows.append(f"| {name} | {r['bits']:.2f} | {r['mb']:.2f} | {r['gbops']:.1f} | {r['map50']:.1f} | "
+                    f"{r['map']:.1f} | {r['map50'] - f['map50']:+.1f} |")
+    w8, hq = res["W8A8"], res[f"HQ (t={args.hq_threshold})"]
+    verdicts = [
+        f"W8A8 within {W8_TARGET} mAP50 point of float: {f['map50'] - w8['map50']:+.1f} below -> "
+        f"{'PASS' if f['map50'] - w8['map50'] <= W8_TARGET else 'FAIL'}",
+        f"HQ average weight bits <= {HQ_BITS}: {hq['bits']:.2f}, within {HQ_TARGET} points: "
+        f"{f['map50'] - hq['map50']:+.1f} below -> "
+        f"{'PASS' if hq['bits'] <= HQ_BITS and f['map50'] - hq['map50'] <= HQ_TARGET else 'FAIL'}",
+    ]
+    budget = (f"Budget: ghost-n, vedai-synth rgb+ir ({'32/16' if args.quick else '400/100'} pairs), imgsz "
+              f"{args.imgsz}, batch {args.batch}, seed 0; float base "
+              f"{'from ' + str(args.weights) if args.weights else f'trained {args.fp_epochs} epochs'}, then "
+              f"{args.q_epochs} epochs per arm from it (LSQ, first/head convs at 8 bit); CPU, "
+              f"{torch.get_num_threads()} threads; {time.time() - t0:.0f} s.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(["# Quantization accuracy (benchmarks/bench_quant.py)", "", budget, "", *rows, "",
+                                   *[f"- {v}" for v in verdicts], ""]), encoding="utf-8")
+    return [budget, *rows, *verdicts, f"(saved to {args.out})"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sections and print their results together at the end."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-quant-")
+        args.workdir = Path(tmp.name)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"ghost-yolo quantization benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | {args.workdir}")
+    data_yaml = make_data(args.workdir, args.quick, args.imgsz)
+    out = []
+    if not args.skip_step:
+        out += bench_step(args, data_yaml)
+    if not args.skip_accuracy:
+        out += [""] + bench_accuracy(args, data_yaml, args.workdir)
+    print("\n" + "\n".join(out))
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
