@@ -40,35 +40,45 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class LSQFakeQuant(torch.autograd.Function):
-    """``(clamp(round(x / s + z), qmin, qmax) - z) * s`` with LSQ gradients, in a few in-place passes.
+    """``s * clamp(round(x / s), qmin - z, qmax - z)`` with LSQ gradients, in a few passes over ``x``.
 
-    Written as one autograd function because composing it from tensor ops costs ~3x more time and memory on the
-    activations (it runs on every conv input). Gradients: straight-through for ``x`` inside the range, zero outside;
-    ``d/ds = (out - x * inside) / s`` summed over what ``s`` is shared by, times LSQ's scale ``g``. ``s`` and ``z``
-    broadcast against ``x`` (a scalar per tensor, or a per-channel view); ``z`` gets no gradient.
+    Written as one autograd function because composing it from tensor ops costs several times more time and memory on
+    the activations (it runs on every conv input). ``s`` is a scalar (per tensor) or a per-channel view that broadcasts
+    against ``x``; the zero point ``z`` is an integer (0 for symmetric weights) and gets no gradient. Gradients:
+    straight-through for ``x`` inside the range, zero outside; ``d/ds = q - (x / s) * inside`` (``q`` the clamped
+    integer grid value) summed over what ``s`` is shared by, times LSQ's gradient scale ``g``.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
-        """Quantize-dequantize (no autograd graph inside). Divides by ``s`` as ONNX QuantizeLinear does, so an export
-        rounds the same values the same way (PyTorch's fused kernels multiply by 1/s and round some ties apart)."""
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor, z: float, qmin: int, qmax: int, g: float) -> torch.Tensor:
+        """Quantize-dequantize. Rounds ``x / s`` before the zero point enters and divides rather than multiplying by
+        ``1 / s``, exactly as ONNX QuantizeLinear does, so an exported graph rounds the same values the same way."""
         with torch.no_grad():
-            out = (x / s).add_(z).round_().clamp_(qmin, qmax).sub_(z).mul_(s).to(x.dtype)
-        ctx.save_for_backward(x, out, s, z)
-        ctx.qmin, ctx.qmax, ctx.g = qmin, qmax, g
+            xn = x / s
+            out = xn.round().clamp_(qmin - z, qmax - z).mul_(s).to(x.dtype)
+        ctx.save_for_backward(xn, out, s)
+        ctx.lo, ctx.hi, ctx.g = qmin - z, qmax - z, g
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        """Straight-through gradient for ``x``, LSQ gradient for ``s``."""
-        x, out, s, z = ctx.saved_tensors
-        inside = (x >= (ctx.qmin - z) * s) & (x <= (ctx.qmax - z) * s)
-        gx = torch.where(inside, grad, 0).to(x.dtype) if ctx.needs_input_grad[0] else None
-        gs = None
-        if ctx.needs_input_grad[1]:
-            r = torch.where(inside, out - x, out).mul_(grad)
-            dims = [d for d in range(x.ndim) if s.ndim == 0 or s.shape[d] == 1]
-            gs = (r.sum(dims, keepdim=True) if dims else r).reshape(s.shape) / s * ctx.g
+        """Straight-through gradient for ``x``, LSQ gradient for ``s`` (fused masked kernels on the CPU)."""
+        xn, out, s = ctx.saved_tensors
+        gx = gs = None
+        if xn.device.type == "cpu":  # hardtanh_backward: one fused masked pass; bounds widened so both are inside
+            lo, hi = math.nextafter(ctx.lo, -math.inf), math.nextafter(ctx.hi, math.inf)
+            if ctx.needs_input_grad[0]:
+                gx = torch.ops.aten.hardtanh_backward(grad, xn, lo, hi).to(xn.dtype)
+            inside_xn = torch.ops.aten.hardtanh_backward(xn, xn, lo, hi) if ctx.needs_input_grad[1] else None
+        else:
+            inside = (xn >= ctx.lo) & (xn <= ctx.hi)
+            if ctx.needs_input_grad[0]:
+                gx = torch.where(inside, grad, 0).to(xn.dtype)
+            inside_xn = torch.where(inside, xn, 0) if ctx.needs_input_grad[1] else None
+        if inside_xn is not None:
+            r = (out / s).sub_(inside_xn).mul_(grad)
+            dims = [d for d in range(xn.ndim) if s.ndim == 0 or s.shape[d] == 1]
+            gs = (r.sum(dims, keepdim=True) if dims else r).reshape(s.shape) * ctx.g
         return gx, gs, None, None, None, None
 
 
@@ -149,7 +159,7 @@ class LSQWeight(FakeQuantizer):
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """Quantize ``w`` with the learned steps (abs keeps them positive; LSQ gradient scale per channel)."""
         s = self.scale.abs().clamp_min(1e-8).view(-1, *([1] * (w.ndim - 1)))
-        return LSQFakeQuant.apply(w, s, torch.zeros_like(s), self.qmin, self.qmax, 1.0 / math.sqrt(w[0].numel() * self.qmax))
+        return LSQFakeQuant.apply(w, s, 0.0, self.qmin, self.qmax, 1.0 / math.sqrt(w[0].numel() * self.qmax))
 
     def steps(self) -> torch.Tensor:
         """Per-channel step sizes as used in ``quantize`` (for export and accounting)."""
@@ -182,7 +192,7 @@ class LSQAct(FakeQuantizer):
 
     def _fake(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize ``x`` with step ``s`` and zero point ``z``."""
-        return (round_ste(torch.clamp(x / s + z, 0, self.levels)) - z) * s
+        return torch.clamp(round_ste(x / s), -z, self.levels - z) * s
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
@@ -205,7 +215,7 @@ class LSQAct(FakeQuantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize ``x`` with the learned step; the zero point follows the step (no gradient through it)."""
         s = self.scale.abs().clamp_min(1e-8)
-        return LSQFakeQuant.apply(x, s, self.zero_point(s.detach()), 0, self.levels,
+        return LSQFakeQuant.apply(x, s, float(self.zero_point(s.detach())), 0, self.levels,
                                   1.0 / math.sqrt(x[0].numel() * self.levels))
 
     def steps(self) -> torch.Tensor:
