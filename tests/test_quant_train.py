@@ -194,3 +194,30 @@ def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
     assert "float" in seen["summary"] and "GBOPs" in seen["summary"]
     q, _ = load_checkpoint(tmp_path / "qat" / "weights" / "best.pt")
     assert set(get_bits(q).values()) == {8}
+
+
+def test_ddp_trainer_roundtrip_with_bits(synth_yaml, tmp_path):
+    """A DDP worker rebuilds the trainer from pickled args and builds the same quantized model (quantizers off)."""
+    import cloudpickle
+
+    from ghost_yolo.engine.trainer import GhostTrainer
+
+    trainer = GhostTrainer(overrides={"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "epochs": 2,
+                                      "bits": 4, "fp_epochs": 1, "keep_head": False, "project": str(tmp_path)})
+    state = tmp_path / "state.pt"
+    torch.save({"trainer": type(trainer), "args": vars(trainer.args), "callbacks": trainer.callbacks}, state,
+               pickle_module=cloudpickle)
+    code = f"""
+from ultralytics.utils import DEFAULT_CFG_DICT
+from ultralytics.utils.patches import torch_load
+from ghost_yolo.quant import get_bits, quant_layers
+state = torch_load({str(state)!r}, map_location="cpu")
+cfg = DEFAULT_CFG_DICT.copy(); cfg.update(save_dir='')
+t = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
+m = t.get_model(cfg="ghost-n.yaml", verbose=False)
+bits = get_bits(m)
+print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enabled for q in quant_layers(m).values()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OK 4 87 [4, 8] False" in out.stdout

@@ -57,7 +57,7 @@ class LSQFakeQuant(torch.autograd.Function):
             xn = x / s
             out = xn.round().clamp_(qmin - z, qmax - z).mul_(s).to(x.dtype)
         ctx.save_for_backward(xn, out, s)
-        ctx.lo, ctx.hi, ctx.g = qmin - z, qmax - z, g
+        ctx.lo, ctx.hi, ctx.g, ctx.dtype = qmin - z, qmax - z, g, x.dtype  # AMP: x may be fp16, xn is fp32
         return out
 
     @staticmethod
@@ -68,12 +68,12 @@ class LSQFakeQuant(torch.autograd.Function):
         if xn.device.type == "cpu":  # hardtanh_backward: one fused masked pass; bounds widened so both are inside
             lo, hi = math.nextafter(ctx.lo, -math.inf), math.nextafter(ctx.hi, math.inf)
             if ctx.needs_input_grad[0]:
-                gx = torch.ops.aten.hardtanh_backward(grad, xn, lo, hi).to(xn.dtype)
+                gx = torch.ops.aten.hardtanh_backward(grad.to(xn.dtype), xn, lo, hi).to(ctx.dtype)
             inside_xn = torch.ops.aten.hardtanh_backward(xn, xn, lo, hi) if ctx.needs_input_grad[1] else None
         else:
             inside = (xn >= ctx.lo) & (xn <= ctx.hi)
             if ctx.needs_input_grad[0]:
-                gx = torch.where(inside, grad, 0).to(xn.dtype)
+                gx = torch.where(inside, grad, 0).to(ctx.dtype)
             inside_xn = torch.where(inside, xn, 0) if ctx.needs_input_grad[1] else None
         if inside_xn is not None:
             r = (out / s).sub_(inside_xn).mul_(grad)
