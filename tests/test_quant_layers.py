@@ -235,3 +235,22 @@ def test_costs_by_hand_on_two_layers():
     assert t["avg_w_bits"] == pytest.approx((216 * 8 + 32 * 4) / 248)
     assert average_bits(model) == pytest.approx(t["avg_w_bits"])
     assert layer_costs(model, 16, bits={"a": 32, "b": 32}).attrs["totals"]["gbops"] == pytest.approx(t["float_gbops"])
+
+
+def test_hq_search_on_model_with_known_clusters():
+    """Layers whose weights take 4 values get 2 bits, 16 values 4 bits; policy layers stay at 8; tight thresholds 8."""
+    from ghost_yolo.quant import search_bits
+
+    torch.manual_seed(0)
+    q = quantize_model(GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False), bits=8)
+    layers = quant_layers(q)
+    four, sixteen = "model.1.conv", "model.3.conv"
+    with torch.no_grad():
+        for n, levels in ((four, 4), (sixteen, 16)):
+            w = layers[n].weight
+            w.copy_(torch.linspace(-0.1, 0.1, levels)[torch.randint(0, levels, w.shape)])
+    bits = search_bits(q, threshold=1e-3)
+    assert bits[four] == 2 and bits[sixteen] == 4
+    assert bits["model.0.conv"] == 8 and bits["model.23.cv3.0.2"] == 8
+    assert search_bits(q, threshold=1e-3, bit_min=3)[four] == 3
+    assert search_bits(q, threshold=1e-3, bit_max=3)[sixteen] == 3

@@ -221,3 +221,11 @@ print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enab
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK 4 87 [4, 8] False" in out.stdout
+
+
+def test_train_hq_on_random_init_warns(synth_yaml, tmp_path, log):
+    """bits=hq on a model built from a YAML (no fp_epochs) warns that the search measures nothing, and still runs."""
+    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), bits="hq", epochs=1, imgsz=IMGSZ, batch=8, workers=0,
+                                    project=str(tmp_path), name="w", plots=False, val=False)
+    assert "randomly initialised weights" in log.text
+    assert (tmp_path / "w" / "bits.yaml").is_file()
