@@ -26,7 +26,7 @@ def test_mode_help_lists_ghost_keys(log):
 @pytest.mark.parametrize(
     "cmd, expected",
     [
-        ("train epoch=3", "'epoch' is not a valid ghost argument. Similar arguments are i.e. ['epochs=100']"),
+        ("train epoch=3", "'epoch' is not a valid ghost argument. Similar arguments are i.e. ['epochs=100'"),
         ("train modalty=rgb", "Similar arguments are i.e. ['modality"),
         ("trian", "unknown mode 'trian'. Did you mean 'train'?"),
         ("val", "needs model=path/to/best.pt"),
