@@ -102,6 +102,20 @@ def test_matches_brute_force_and_naive_lloyd(seed):
         assert inertia <= 1.05 * naive_lloyd(big, k)
 
 
+def test_small_layers_batched_like_alone(monkeypatch):
+    """Small layers share one DP batch (or several, DP_BATCH unique values each) and get what they get alone."""
+    g = torch.Generator().manual_seed(2)
+    w = {f"l{n}": torch.randn(n, generator=g) ** 3 for n in (40, 300, 700, 1500)}
+    w["big"] = torch.randn(DP_MAX + 100, generator=g)
+    alone = {n: hq_distortions({n: v})[n] for n, v in w.items()}
+    for batch in (16384, 1000, 1):
+        monkeypatch.setattr("ghost_yolo.quant.kmeans.DP_BATCH", batch)
+        together = hq_distortions(w)
+        assert list(together) == list(w)
+        for n in w:
+            assert together[n] == pytest.approx(alone[n], rel=1e-12, abs=1e-15)
+
+
 def test_inertia_is_exact_for_the_returned_centres():
     """The inertia is the float64 sum of squared distances from every value to its nearest returned centre."""
     x = torch.randn(5000, generator=torch.Generator().manual_seed(1)).half()  # fp16, many repeated values

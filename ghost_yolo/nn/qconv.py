@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import QUANTIZERS, FakeQuantizer, check_bits
+from .quantizers import QUANTIZERS, FakeQuantizer, check_bits, half_exact
 
 __all__ = ("QConv2d",)
 
@@ -70,8 +70,14 @@ class QConv2d(nn.Conv2d):
         self.weight_quant.enabled = self.input_quant.enabled = bool(on)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight this layer computes with (already on its grid once folded)."""
-        return self.weight if self.folded else self.weight_quant(self.weight)
+        """The weight this layer computes with (already on its grid once folded).
+
+        While quantizing, the float weight is first rounded to fp16 (identity gradient): checkpoints are saved in fp16,
+        so the saved model then quantizes exactly the weights that were validated.
+        """
+        if self.folded:
+            return self.weight
+        return self.weight_quant(half_exact(self.weight) if self.weight_quant.active else self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve the quantized input with the quantized weight."""
@@ -84,7 +90,7 @@ class QConv2d(nn.Conv2d):
 
         Folding before quantizing would change the grid (and is wrong for quantizers that are not scale-equivariant
         such as DoReFa). The folded weight is ``Q(w) * gamma / sigma`` per channel; for LSQ it stays on an integer grid
-        with per-channel step ``s_c * gamma_c / sigma_c`` (``weight_quant.scale`` is updated to that, for export).
+        with per-channel step ``s_c * gamma_c / sigma_c`` (kept as the ``fold_scale`` buffer, signed, for export).
         """
         factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         wq = self.quantized_weight() if self.weight_quant.active or self.folded else self.weight
@@ -92,8 +98,8 @@ class QConv2d(nn.Conv2d):
         self.weight = nn.Parameter((wq * factor.view(-1, 1, 1, 1)).detach(), requires_grad=False)
         self.bias = nn.Parameter((bn.bias + (bias - bn.running_mean) * factor).detach(), requires_grad=False)
         if self.weight_quant.active:
-            if hasattr(self.weight_quant, "scale") and self.weight_quant.scale.ndim:
-                self.weight_quant.scale.data = self.weight_quant.steps() * factor  # signed: codes keep their sign
+            if hasattr(self.weight_quant, "steps"):
+                self.register_buffer("fold_scale", self.weight_quant.steps() * factor)  # signed: codes keep theirs
             self.folded = True
 
     def extra_repr(self) -> str:

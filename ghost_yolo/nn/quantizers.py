@@ -39,6 +39,15 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
 
 
+def half_exact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to the nearest fp16 value, with an identity gradient.
+
+    Ultralytics saves checkpoints in fp16; computing with fp16-exact step sizes and weights makes the saved model
+    compute exactly what the (fp32, EMA) model computed when it was validated.
+    """
+    return t + (t.detach().half().to(t.dtype) - t.detach())
+
+
 class LSQFakeQuant(torch.autograd.Function):
     """``s * clamp(round(x / s), qmin - z, qmax - z)`` with LSQ gradients, in a few passes over ``x``.
 
@@ -122,13 +131,15 @@ class LSQWeight(FakeQuantizer):
     """LSQ weights: per-output-channel symmetric grid ``s_c * [-2^(b-1), 2^(b-1)-1]`` with learned step sizes ``s_c``.
 
     The steps start at the per-channel clipping range that minimises the squared quantization error of the current
-    weights (so quantizing a trained float model starts close to it) and then learn with LSQ's scaled gradient.
+    weights (so quantizing a trained float model starts close to it) and then learn with LSQ's scaled gradient. They
+    are learned as ``log_scale``: an optimizer step then changes a step size by a fraction of itself, the same for
+    tiny and large steps, which keeps Adam (whose updates ignore gradient size) from wrecking 8-bit grids.
     """
 
     def __init__(self, channels: int, bits: int = 8) -> None:
-        """One learned step size per output channel."""
+        """One learned (log) step size per output channel."""
         super().__init__(bits)
-        self.scale = nn.Parameter(torch.ones(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
 
     @property
     def qmin(self) -> int:
@@ -153,17 +164,21 @@ class LSQWeight(FakeQuantizer):
         ratios = CLIP_RATIOS.to(w.device)
         errs = torch.stack([((self._fake(w, amax * r / self.qmax) - w) ** 2).sum(1) for r in ratios])  # R x C
         best = ratios[errs.argmin(0)]
-        self.scale.data.copy_(amax * best / self.qmax)
+        self.log_scale.data.copy_((amax * best / self.qmax).log())
         self.calibrated.fill_(True)
 
+    def _steps(self) -> torch.Tensor:
+        """Per-channel steps with gradient (fp16-exact, see ``half_exact``)."""
+        return half_exact(self.log_scale).exp()
+
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        """Quantize ``w`` with the learned steps (abs keeps them positive; LSQ gradient scale per channel)."""
-        s = self.scale.abs().clamp_min(1e-8).view(-1, *([1] * (w.ndim - 1)))
+        """Quantize ``w`` with the learned steps (LSQ gradient scale per channel)."""
+        s = self._steps().view(-1, *([1] * (w.ndim - 1)))
         return LSQFakeQuant.apply(w, s, 0.0, self.qmin, self.qmax, 1.0 / math.sqrt(w[0].numel() * self.qmax))
 
     def steps(self) -> torch.Tensor:
         """Per-channel step sizes as used in ``quantize`` (for export and accounting)."""
-        return self.scale.detach().abs().clamp_min(1e-8)
+        return self._steps().detach()
 
 
 class LSQAct(FakeQuantizer):
@@ -175,9 +190,9 @@ class LSQAct(FakeQuantizer):
     """
 
     def __init__(self, bits: int = 8) -> None:
-        """A learned step and the calibrated lower bound."""
+        """A learned (log) step, as for weights, and the calibrated lower bound."""
         super().__init__(bits)
-        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("lo", torch.tensor(0.0))
 
     @property
@@ -200,7 +215,7 @@ class LSQAct(FakeQuantizer):
         x = x.detach().float().flatten()
         if x.numel() > 262144:  # a fixed strided subsample keeps calibration cheap and deterministic
             x = x[:: x.numel() // 262144 + 1]
-        lo = min(float(x.min()), 0.0)
+        lo = float(torch.tensor(min(float(x.min()), 0.0)).half())  # fp16-exact: checkpoints keep it as is
         span = max(float(x.max()) - lo, 1e-8)
         self.lo.fill_(lo)
         best, best_err = span / self.levels, float("inf")
@@ -209,18 +224,18 @@ class LSQAct(FakeQuantizer):
             err = float(((self._fake(x, s, self.zero_point(s)) - x) ** 2).sum())
             if err < best_err:
                 best, best_err = float(s), err
-        self.scale.data.fill_(best)
+        self.log_scale.data.fill_(math.log(best))
         self.calibrated.fill_(True)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize ``x`` with the learned step; the zero point follows the step (no gradient through it)."""
-        s = self.scale.abs().clamp_min(1e-8)
+        s = half_exact(self.log_scale).exp()
         return LSQFakeQuant.apply(x, s, float(self.zero_point(s.detach())), 0, self.levels,
                                   1.0 / math.sqrt(x[0].numel() * self.levels))
 
     def steps(self) -> torch.Tensor:
         """The step size as used in ``quantize``."""
-        return self.scale.detach().abs().clamp_min(1e-8)
+        return half_exact(self.log_scale.detach()).exp()
 
 
 class DoReFaWeight(FakeQuantizer):

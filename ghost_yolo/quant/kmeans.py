@@ -9,8 +9,8 @@ prefix sums (float64): a Lloyd step costs O(k log n) (``searchsorted`` for the b
 the means), not O(n k), and all k of a layer run in one batch. When clusters hold only a few values (small layers),
 Lloyd stalls in poor local optima (about 2x scikit-learn's k-means++ inertia at k = 256 on 512-weight layers), so
 up to ``DP_MAX`` unique values an exact dynamic programme finds the optimal clustering instead; monotone split points
-keep it cheap at those sizes. Deterministic, CPU and NumPy only (small-array NumPy calls cost a fraction of torch's
-per-op overhead, which dominates here); no scikit-learn needed.
+keep it cheap at those sizes, and the small layers of a model go through it together. Deterministic, CPU and NumPy
+only (small-array NumPy calls cost a fraction of torch's per-op overhead, which dominates here); no scikit-learn.
 """
 
 from __future__ import annotations
@@ -23,18 +23,24 @@ import torch
 __all__ = ("choose_bits", "distortion", "hq_distortions", "hq_search", "kmeans_1d")
 
 Values = torch.Tensor | np.ndarray  # any shape; flattened
+Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # unique values, counts, prefix sums S0, S1
 DP_MAX = 2048  # exact DP up to this many unique values; Lloyd above (>= 8 values per cluster at k = 256)
+DP_BATCH = 16384  # unique values of the layers solved in one DP batch (the split table is 257 x this int32 at k 256)
 
 
-def _prepare(values: Values) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _prepare(values: Values) -> Prepared:
     """Sort once: unique values u, counts, and prefix sums S0 (counts), S1 (sums) that every k reuses."""
-    x = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+    if isinstance(values, torch.Tensor):  # sort in float32 where that is exact (2x faster), then work in float64
+        values = values.detach().cpu()
+        values = (values.float() if values.dtype in (torch.float16, torch.bfloat16, torch.float32) else values.double())
+    x = np.asarray(values)
+    x = x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
     if x.size == 0:
         raise ValueError("k-means needs at least one value, got an empty tensor")
     u, cnt = np.unique(x.ravel(), return_counts=True)  # sorted
     if not (np.isfinite(u[0]) and np.isfinite(u[-1])):  # NaN sorts last, +-inf at the ends
         raise ValueError("k-means values must be finite (got NaN or inf)")
-    cnt = cnt.astype(np.float64)
+    u, cnt = u.astype(np.float64), cnt.astype(np.float64)
     return u, cnt, np.concatenate(([0.0], np.cumsum(cnt))), np.concatenate(([0.0], np.cumsum(cnt * u)))
 
 
@@ -69,29 +75,36 @@ def _lloyd(u: np.ndarray, s0: np.ndarray, s1: np.ndarray, ks: list[int], iters: 
     return np.split(c, ends[:-1])
 
 
-def _dp(u: np.ndarray, cnt: np.ndarray, s0: np.ndarray, kmax: int) -> np.ndarray:
-    """Exact 1-D k-means for every k <= kmax; returns opt[j, i] = start of the last of j clusters of u[:i].
+def _dp(preps: list[Prepared], kmaxs: list[int]) -> list[np.ndarray]:
+    """Exact 1-D k-means for every k <= kmax, for several layers in one row loop; per layer opt[j, i] = start of the
+    last of j clusters of u[:i].
 
     D_j(i) = min_m D_{j-1}(m) + SSE(u[m:i]). The split is monotone (Monge costs): opt_{j-1}(i) <= opt_j(i) <=
     opt_j(i + 1), so row j scans m in [opt_{j-1}(i), i), and where that band is wide it first solves every B-th i
-    and then brackets the others between their neighbours. Data are centred to keep SSE = S2 - S1**2 / S0 exact.
+    and then brackets the others between their neighbours. The layers are laid end to end in one index space (the
+    bounds stay valid across layers), so NumPy's per-call overhead, which dominates at these sizes, is paid once per
+    row for all of them. Data are centred per layer to keep SSE = S2 - S1**2 / S0 exact.
     """
-    nu, w = len(u), u - (cnt * u).sum() / s0[-1]
-    s1, s2 = (np.concatenate(([0.0], np.cumsum(cnt * w**p))) for p in (1, 2))
+    size = [len(u) + 1 for u, *_ in preps]
+    off = np.cumsum([0, *size])
+    s0, s1, s2 = (np.concatenate(a) for a in zip(*[_moments(u, cnt) for u, cnt, *_ in preps]))
+    base, top, pos = np.repeat(off[:-1], size), np.repeat(kmaxs, size), np.arange(off[-1]) - np.repeat(off[:-1], size)
     d = s2 - s1**2 / np.maximum(s0, 1)  # row 1
-    opt = np.zeros((kmax + 1, nu + 1), np.int64)
+    opt = np.zeros((max(kmaxs) + 1, off[-1]), np.int32)
+    opt[1] = base
 
     def scan(r, lo, hi):  # best split m in [lo, hi] for each end r, flattened into one ragged batch
         size = hi - lo + 1
         start = np.cumsum(size) - size
-        m, e = np.arange(start[-1] + size[-1]) - np.repeat(start - lo, size), np.repeat(r, size)
-        v = d[m] + s2[e] - s2[m] - (s1[e] - s1[m]) ** 2 / (s0[e] - s0[m])
+        m = np.arange(start[-1] + size[-1]) - np.repeat(start - lo, size)
+        v = (d - s2)[m] - (np.repeat(s1[r], size) - s1[m]) ** 2 / (np.repeat(s0[r], size) - s0[m])  # SSE - S2[r]
         best = np.minimum.reduceat(v, start)
-        return best, np.minimum.reduceat(np.where(v == np.repeat(best, size), m, nu), start)  # leftmost argmin
+        arg = np.minimum.reduceat(np.where(v == np.repeat(best, size), m, len(d)), start)  # leftmost argmin
+        return best + s2[r], arg
 
-    for j in range(2, kmax + 1):
-        r = np.arange(j, nu + 1)
-        lo, hi = np.maximum(opt[j - 1, j:], j - 1), r - 1
+    for j in range(2, len(opt)):
+        r = np.flatnonzero((pos >= j) & (top >= j))
+        lo, hi = np.maximum(opt[j - 1, r], base[r] + j - 1), r - 1
         band = (hi - lo).mean()
         if band > 16:
             b = int(band**0.5)
@@ -100,33 +113,43 @@ def _dp(u: np.ndarray, cnt: np.ndarray, s0: np.ndarray, kmax: int) -> np.ndarray
             oc = scan(r[c], lo[c], hi[c])[1]
             lo, hi = np.maximum(lo, oc[g]), np.minimum(hi, oc[np.minimum(g + 1, len(c) - 1)])
             hi = np.maximum(hi, lo)  # guard against float ties breaking monotonicity
-        d[j:], opt[j, j:] = scan(r, lo, hi)
-    return opt
+        d[r], opt[j, r] = scan(r, lo, hi)
+    return [opt[: k + 1, a:b] - a for k, a, b in zip(kmaxs, off[:-1], off[1:])]
 
 
-def _solve(u, cnt, s0, s1, ks: list[int], iters: int = 50, tol: float = 0.0) -> list[tuple[np.ndarray, float]]:
-    """(sorted centres, exact inertia) for each k on prepared data.
+def _moments(u: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix sums of counts, values and squares, about the mean so that small clusters' SSE keeps its digits."""
+    w = u - (cnt * u).sum() / cnt.sum()
+    return tuple(np.concatenate(([0.0], np.cumsum(cnt * w**p))) for p in (0, 1, 2))
 
-    The method for a k depends only on k and the number of unique values, so the result at one k does not depend on
-    which other k are solved with it: ``distortion``, ``choose_bits`` and ``hq_distortions`` agree.
+
+def _solve(preps: list[Prepared], ks: list[int], iters: int = 50, tol: float = 0.0) -> list[list[tuple]]:
+    """(sorted centres, exact inertia) for each layer and each k.
+
+    The method depends only on the number of unique values (exact DP up to ``DP_MAX``, batched Lloyd above), so the
+    result at one k does not depend on which other k or layers are solved with it: ``distortion``, ``choose_bits``
+    and ``hq_distortions`` agree.
     """
-    nu, out = len(u), {}
-    dp = {k for k in ks if k < nu <= DP_MAX}
+    out = [{} for _ in preps]
+    dp = [i for i, (u, *_) in enumerate(preps) if min(ks) < len(u) <= DP_MAX]
     if dp:
-        opt = _dp(u, cnt, s0, max(dp))
-        for k in dp:  # walk the splits back from the end
-            cuts = [nu]
-            for j in range(k, 0, -1):
-                cuts.append(opt[j, cuts[-1]])
-            lo, hi = np.array(cuts[:0:-1]), np.array(cuts[-2::-1])
-            out[k] = (s1[hi] - s1[lo]) / (s0[hi] - s0[lo])
-    todo = sorted({k for k in ks if k < nu} - dp)
-    out.update(zip(todo, _lloyd(u, s0, s1, todo, iters, tol)) if todo else ())
+        kmaxs = [max(k for k in ks if k < len(preps[i][0])) for i in dp]
+        for i, opt in zip(dp, _dp([preps[i] for i in dp], kmaxs)):
+            u, _, s0, s1 = preps[i]
+            for k in {k for k in ks if k < len(u)}:  # walk the splits back from the end
+                cuts = [len(u)]
+                for j in range(k, 0, -1):
+                    cuts.append(opt[j, cuts[-1]])
+                lo, hi = np.array(cuts[:0:-1]), np.array(cuts[-2::-1])
+                out[i][k] = (s1[hi] - s1[lo]) / (s0[hi] - s0[lo])
+    for i, (u, _, s0, s1) in enumerate(preps):
+        if todo := sorted({k for k in ks if k < len(u)} - out[i].keys()):
+            out[i].update(zip(todo, _lloyd(u, s0, s1, todo, iters, tol)))
     res = []
-    for k in ks:
-        c = out.get(k, u)  # k >= n_unique: every value is a centre
-        a = np.searchsorted((c[1:] + c[:-1]) / 2, u)  # nearest centre, exact inertia in float64
-        res.append((c, float((cnt * (u - c[a]) ** 2).sum())))
+    for (u, cnt, *_), found in zip(preps, out):
+        cs = [found.get(k, u) for k in ks]  # k >= n_unique: every value is a centre
+        # nearest centre for every value (sorted: split at the midpoints), exact inertia in float64
+        res.append([(c, float((cnt * (u - c[np.searchsorted((c[1:] + c[:-1]) / 2, u)]) ** 2).sum())) for c in cs])
     return res
 
 
@@ -139,24 +162,46 @@ def kmeans_1d(values: Values, k: int, iters: int = 50, tol: float = 0.0) -> tupl
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    u, cnt, s0, s1 = _prepare(values)
-    c, inertia = _solve(u, cnt, s0, s1, [int(k)], iters, tol)[0]
+    c, inertia = _solve([_prepare(values)], [int(k)], iters, tol)[0][0]
     return torch.from_numpy(c.copy()), inertia
 
 
 def distortion(values: Values, bits: int, iters: int = 50, tol: float = 0.0) -> float:
     """HQ distortion at one width: k-means inertia / n * 1e6 with k = 2**bits (mean squared error, scaled)."""
-    return _distortions(values, [bits], iters, tol)[bits]
+    return _table({"": values}, [bits], iters, tol)[""][bits]
 
 
-def _distortions(values: Values, bits: Iterable[int], iters: int = 50, tol: float = 0.0) -> dict[int, float]:
-    """Distortion at several widths from ONE sort: all k share the prepared arrays and one Lloyd/DP batch."""
+def _table(weights: dict[str, Values], bits: Iterable[int], iters: int = 50, tol: float = 0.0,
+           progress: bool = False) -> dict[str, dict[int, float]]:
+    """Distortion of every layer at every width; each layer is sorted ONCE and all its k are solved in one batch.
+
+    Small layers wait and go through the DP together, ``DP_BATCH`` unique values at a time.
+    """
     bits = list(bits)
-    if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0 for b in bits):
+    if not bits or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0 for b in bits):
         raise ValueError(f"bits must be non-negative integers, got {bits}")
-    u, cnt, s0, s1 = _prepare(values)
-    res = _solve(u, cnt, s0, s1, [2**b for b in bits], iters, tol)
-    return {b: inertia / s0[-1] * 1e6 for b, (_, inertia) in zip(bits, res)}
+    ks, out, wait = [2**b for b in bits], {}, {}
+
+    def solve(layers: dict[str, Prepared]) -> None:
+        for (name, p), res in zip(layers.items(), _solve(list(layers.values()), ks, iters, tol)):
+            out[name] = {b: inertia / p[2][-1] * 1e6 for b, (_, inertia) in zip(bits, res)}
+
+    items = weights.items()
+    if progress:
+        from ultralytics.utils import TQDM
+
+        items = TQDM(items, desc="HQ bit search", total=len(weights))
+    for name, w in items:
+        p = _prepare(w)
+        if len(p[0]) > DP_MAX:
+            solve({name: p})
+            continue
+        wait[name] = p
+        if sum(len(q[0]) for q in wait.values()) >= DP_BATCH:
+            solve(wait)
+            wait = {}
+    solve(wait)
+    return {name: out[name] for name in weights}
 
 
 def _check(threshold: float, bit_min: int, bit_max: int) -> None:
@@ -185,23 +230,17 @@ def choose_bits(values: Values, threshold: float = 0.1, bit_min: int = 2, bit_ma
 
     Widths above ``bit_max`` cannot change the clipped answer, so only 2..bit_max are clustered (in one batch).
     """
-    _check(threshold, bit_min, bit_max)
-    return _pick(_distortions(values, range(2, bit_max + 1)), threshold, bit_min, bit_max)
+    return hq_search({"": values}, threshold, bit_min, bit_max)[""]
 
 
-def hq_distortions(weights: dict[str, torch.Tensor], bits: Iterable[int] = range(2, 9)) -> dict[str, dict[int, float]]:
+def hq_distortions(weights: dict[str, Values], bits: Iterable[int] = range(2, 9)) -> dict[str, dict[int, float]]:
     """Distortion d at every width in ``bits`` for every layer (the table shown to users, and the benchmark)."""
-    bits = list(bits)
-    return {name: _distortions(w, bits) for name, w in weights.items()}
+    return _table(weights, bits)
 
 
-def hq_search(weights: dict[str, torch.Tensor], threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
+def hq_search(weights: dict[str, Values], threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
               progress: bool = False) -> dict[str, int]:
     """HQ bit search: ``{layer: bits}`` in the order of ``weights`` (layer name -> full-precision weight tensor)."""
     _check(threshold, bit_min, bit_max)
-    items = weights.items()
-    if progress:
-        from ultralytics.utils import TQDM
-
-        items = TQDM(items, desc="HQ bit search", total=len(weights))
-    return {n: _pick(_distortions(w, range(2, bit_max + 1)), threshold, bit_min, bit_max) for n, w in items}
+    table = _table(weights, range(2, bit_max + 1), progress=progress)
+    return {name: _pick(d, threshold, bit_min, bit_max) for name, d in table.items()}
