@@ -160,8 +160,9 @@ def evaluate(run: Path, data_yaml: Path, imgsz: int) -> dict:
     m = GhostYOLO(run / "weights" / "best.pt")
     costs = m.quant_info(imgsz=imgsz, save=False, verbose=False).attrs["totals"]
     met = m.val(data=str(data_yaml), imgsz=imgsz, batch=16, workers=2, plots=False, verbose=False)
-    return {"map50": 100 * met.box.map50, "map": 100 * met.box.map, "bits": costs["avg_w_bits"],
-            "mb": costs["size_mb"], "gbops": costs["gbops"]}
+    return {"map50": round(100 * float(met.box.map50), 2), "map": round(100 * float(met.box.map), 2),
+            "bits": round(costs["avg_w_bits"], 3), "mb": round(float(costs["size_mb"]), 3),
+            "gbops": round(float(costs["gbops"]), 2)}
 
 
 def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> list[str]:
