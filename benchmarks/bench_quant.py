@@ -186,17 +186,17 @@ def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
                     f"{r['map']:.1f} | {r['map50'] - f['map50']:+.1f} |")
     w8, hq = res["W8A8"], res[f"HQ (t={args.hq_threshold})"]
     verdicts = [
-        f"W8A8 within {W8_TARGET} mAP50 point of float: {f['map50'] - w8['map50']:+.1f} below -> "
+        f"W8A8 within {W8_TARGET} mAP50 point of float: W8A8 - float = {w8['map50'] - f['map50']:+.1f} -> "
         f"{'PASS' if f['map50'] - w8['map50'] <= W8_TARGET else 'FAIL'}",
         f"HQ average weight bits <= {HQ_BITS}: {hq['bits']:.2f}, within {HQ_TARGET} points: "
-        f"{f['map50'] - hq['map50']:+.1f} below -> "
+        f"HQ - float = {hq['map50'] - f['map50']:+.1f} -> "
         f"{'PASS' if hq['bits'] <= HQ_BITS and f['map50'] - hq['map50'] <= HQ_TARGET else 'FAIL'}",
     ]
     budget = (f"Budget: ghost-n, vedai-synth rgb+ir ({'32/16' if args.quick else '400/100'} pairs), imgsz "
               f"{args.imgsz}, batch {args.batch}, seed 0; float base "
               f"{'from ' + str(args.weights) if args.weights else f'trained {args.fp_epochs} epochs'}, then "
               f"{args.q_epochs} epochs per arm from it (LSQ, first/head convs at 8 bit); CPU, "
-              f"{torch.get_num_threads()} threads; {time.time() - t0:.0f} s.")
+              f"{args.threads} threads; {time.time() - t0:.0f} s.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(["# Quantization accuracy (benchmarks/bench_quant.py)", "", budget, "", *rows, "",
                                    *[f"- {v}" for v in verdicts], ""]), encoding="utf-8")
