@@ -256,3 +256,25 @@ def test_hq_search_on_model_with_known_clusters():
     assert bits["model.0.conv"] == 8 and bits["model.23.cv3.0.2"] == 8
     assert search_bits(q, threshold=1e-3, bit_min=3)[four] == 3
     assert search_bits(q, threshold=1e-3, bit_max=3)[sixteen] == 3
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lsq_function_matches_composed_autograd(per_channel):
+    """The fused LSQ autograd function gives the same output and gradients as LSQ written with tensor ops."""
+    from ghost_yolo.nn.quantizers import LSQFakeQuant, round_ste
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 6, 8, 8) * 2).requires_grad_()
+    s0 = torch.rand(4, 1, 1, 1) * 0.2 + 0.05 if per_channel else torch.tensor(0.13)
+    z, qmin, qmax, g = (0.0, -8, 7, 0.3) if per_channel else (3.0, 0, 15, 0.3)
+    s = s0.clone().requires_grad_()
+    out = LSQFakeQuant.apply(x, s, z, qmin, qmax, g)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    x2, s2 = x.detach().clone().requires_grad_(), s0.clone().requires_grad_()
+    sg = (s2 - s2 * g).detach() + s2 * g  # LSQ's gradient scale
+    ref = round_ste(torch.clamp(x2 / sg, qmin - z, qmax - z)) * sg  # LSQ: clip, then round (straight through)
+    ref.backward(grad)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(x.grad, x2.grad)
+    assert torch.allclose(s.grad, s2.grad, rtol=1e-4, atol=1e-5)

@@ -71,23 +71,28 @@ class LSQFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        """Straight-through gradient for ``x``, LSQ gradient for ``s`` (fused masked kernels on the CPU)."""
+        """Straight-through gradient for ``x``, LSQ gradient for ``s``.
+
+        ``sum(grad * (q - xn * inside)) = sum(grad * out) / s - sum(gx * xn)``: with the masked input gradient ``gx``
+        in hand, the step gradient is two reductions, no extra tensors.
+        """
         xn, out, s = ctx.saved_tensors
-        gx = gs = None
+        grad = grad.to(xn.dtype)
         if xn.device.type == "cpu":  # hardtanh_backward: one fused masked pass; bounds widened so both are inside
-            lo, hi = math.nextafter(ctx.lo, -math.inf), math.nextafter(ctx.hi, math.inf)
-            if ctx.needs_input_grad[0]:
-                gx = torch.ops.aten.hardtanh_backward(grad.to(xn.dtype), xn, lo, hi).to(ctx.dtype)
-            inside_xn = torch.ops.aten.hardtanh_backward(xn, xn, lo, hi) if ctx.needs_input_grad[1] else None
+            gx = torch.ops.aten.hardtanh_backward(grad, xn, math.nextafter(ctx.lo, -math.inf),
+                                                  math.nextafter(ctx.hi, math.inf))
         else:
-            inside = (xn >= ctx.lo) & (xn <= ctx.hi)
-            if ctx.needs_input_grad[0]:
-                gx = torch.where(inside, grad, 0).to(ctx.dtype)
-            inside_xn = torch.where(inside, xn, 0) if ctx.needs_input_grad[1] else None
-        if inside_xn is not None:
-            r = (out / s).sub_(inside_xn).mul_(grad)
-            dims = [d for d in range(xn.ndim) if s.ndim == 0 or s.shape[d] == 1]
-            gs = (r.sum(dims, keepdim=True) if dims else r).reshape(s.shape) * ctx.g
+            gx = torch.where((xn >= ctx.lo) & (xn <= ctx.hi), grad, 0)
+        gs = None
+        if ctx.needs_input_grad[1]:
+            out = out.to(xn.dtype)
+            if s.ndim == 0:
+                gs = torch.dot(grad.reshape(-1), out.reshape(-1)) / s - torch.dot(gx.reshape(-1), xn.reshape(-1))
+            else:
+                dims = [d for d in range(xn.ndim) if s.shape[d] == 1]
+                gs = ((grad * out).sum(dims, keepdim=True) / s - (gx * xn).sum(dims, keepdim=True)).reshape(s.shape)
+            gs = gs * ctx.g
+        gx = gx.to(ctx.dtype) if ctx.needs_input_grad[0] else None
         return gx, gs, None, None, None, None
 
 

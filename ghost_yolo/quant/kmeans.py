@@ -82,8 +82,8 @@ def _dp(preps: list[Prepared], kmaxs: list[int]) -> list[np.ndarray]:
     D_j(i) = min_m D_{j-1}(m) + SSE(u[m:i]). The split is monotone (Monge costs): opt_{j-1}(i) <= opt_j(i) <=
     opt_j(i + 1), so row j scans m in [opt_{j-1}(i), i), and where that band is wide it first solves every B-th i
     and then brackets the others between their neighbours. The layers are laid end to end in one index space (the
-    bounds stay valid across layers), so NumPy's per-call overhead, which dominates at these sizes, is paid once per
-    row for all of them. Data are centred per layer to keep SSE = S2 - S1**2 / S0 exact.
+    bounds stay valid across layers), so NumPy's per-call overhead is paid once per row for all of them. Data are
+    centred per layer to keep SSE = S2 - S1**2 / S0 exact.
     """
     size = [len(u) + 1 for u, *_ in preps]
     off = np.cumsum([0, *size])
@@ -94,12 +94,12 @@ def _dp(preps: list[Prepared], kmaxs: list[int]) -> list[np.ndarray]:
     opt[1] = base
 
     def scan(r, lo, hi):  # best split m in [lo, hi] for each end r, flattened into one ragged batch
-        size = hi - lo + 1
-        start = np.cumsum(size) - size
-        m = np.arange(start[-1] + size[-1]) - np.repeat(start - lo, size)
-        v = (d - s2)[m] - (np.repeat(s1[r], size) - s1[m]) ** 2 / (np.repeat(s0[r], size) - s0[m])  # SSE - S2[r]
+        n = hi - lo + 1
+        start = np.cumsum(n) - n
+        m = np.arange(start[-1] + n[-1]) - np.repeat(start - lo, n)
+        v = (d - s2)[m] - (np.repeat(s1[r], n) - s1[m]) ** 2 / (np.repeat(s0[r], n) - s0[m])  # SSE - S2[r]
         best = np.minimum.reduceat(v, start)
-        arg = np.minimum.reduceat(np.where(v == np.repeat(best, size), m, len(d)), start)  # leftmost argmin
+        arg = np.minimum.reduceat(np.where(v == np.repeat(best, n), m, len(d)), start)  # leftmost argmin
         return best + s2[r], arg
 
     for j in range(2, len(opt)):
