@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 STEP_TARGET = 1.5  # quantized / float step time, at most
 W8_TARGET = 1.0  # mAP50 points below float, at most
@@ -82,9 +82,9 @@ def make_data(root: Path, quick: bool, imgsz: int) -> Path:
 # 1. step time ---------------------------------------------------------------------------------------------------------
 def real_batch(data_yaml: Path, imgsz: int, batch: int) -> dict:
     """One augmented training batch from the paired loader (mosaic, perspective, HSV, flips), images in [0, 1]."""
+    from ghost_yolo.cfg import ghost_defaults
     from ultralytics.cfg import get_cfg
 
-    from ghost_yolo.cfg import ghost_defaults
     from ghost_yolo.data.check import apply_modality, build_dataset, check_data
 
     cfg = get_cfg(overrides={"imgsz": imgsz, "data": str(data_yaml)})
@@ -179,7 +179,7 @@ def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
         res[name] = evaluate(run, data_yaml, args.imgsz)
         print(f"  {name}: {res[name]}", flush=True)
     f = res["float"]
-    rows = ["| model | avg weight bits | size MB | GBOPs @%d | mAP50 | mAP50-95 | mAP50 vs float |" % args.imgsz,
+    rows = [f"| model | avg weight bits | size MB | GBOPs @{args.imgsz} | mAP50 | mAP50-95 | mAP50 vs float |",
             "|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         rows.append(f"| {name} | {r['bits']:.2f} | {r['mb']:.2f} | {r['gbops']:.1f} | {r['map50']:.1f} | "

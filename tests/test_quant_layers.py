@@ -12,7 +12,13 @@ from ultralytics.nn.modules import Conv
 
 from ghost_yolo.nn.model import GhostDetectionModel
 from ghost_yolo.nn.qconv import QConv2d
-from ghost_yolo.nn.quantizers import DoReFaAct, DoReFaWeight, LSQAct, LSQWeight, check_bits
+from ghost_yolo.nn.quantizers import (
+    DoReFaAct,
+    DoReFaWeight,
+    LSQAct,
+    LSQWeight,
+    check_bits,
+)
 from ghost_yolo.quant import (
     average_bits,
     calibrate,
