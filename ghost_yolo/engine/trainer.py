@@ -98,7 +98,7 @@ class GhostTrainer(DetectionTrainer):
             set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Ultralytics' optimizer, with quantizer step sizes moved to the no-weight-decay group (decay would shrink them)."""
+        """Ultralytics' optimizer; quantizer step sizes go to the no-weight-decay group (decay would shrink them)."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         qparams = {id(p) for m in unwrap_model(model).modules() if isinstance(m, FakeQuantizer) for p in m.parameters()}
         if qparams:
@@ -120,7 +120,7 @@ class GhostTrainer(DetectionTrainer):
         super().run_callbacks(event)
 
     def start_quantized_phase(self) -> None:
-        """Choose the widths (HQ search or as given), switch the quantizers on, calibrate them on a batch, restart EMA."""
+        """Choose the widths (HQ search or as given), switch quantizers on, calibrate them on a batch, restart EMA."""
         model = unwrap_model(self.model)
         layers = quant_layers(model)
         if not layers or model.yaml.get("quant", {}).get("enabled"):
@@ -132,9 +132,10 @@ class GhostTrainer(DetectionTrainer):
             if RANK in {-1, 0} and self.best.exists():
                 shutil.copy(self.best, self.wdir / "best_fp.pt")
         elif self.trained_weights and RANK in {-1, 0} and self.args.val:
-            validator = self.get_validator()  # standalone validation of the float model (no training step yet)
+            # the float model we start from, for the float-vs-quantized summary (standalone: no training step yet)
+            validator = self.get_validator()
             validator.args.plots = False
-            metrics = validator(model=deepcopy(model).float())  # the float model we start from, for the float-vs-quantized summary
+            metrics = validator(model=deepcopy(model).float())
             self.float_metrics = {k: v for k, v in (metrics or {}).items() if k.startswith("metrics/")}
         if self.quant_spec == "hq":
             if not self.trained_weights and epoch == 0:

@@ -246,7 +246,7 @@ class LSQAct(FakeQuantizer):
 class DoReFaWeight(FakeQuantizer):
     """DoReFa weights (the GHOST reference): ``2 * round_b(tanh(w) / (2 max|tanh w|) + 0.5) - 1``, per output channel.
 
-    The result lies on ``2^b`` levels in [-1, 1]; unlike the reference it is multiplied back by ``max|w|`` of the channel
+    The result lies on ``2^b`` levels in [-1, 1]; unlike the reference it is multiplied back by the channel's ``max|w|``
     so that quantizing a trained float model keeps its scale (layers without a following BatchNorm would otherwise
     break). The reference normalises per tensor; per channel is the layer contract here.
     """
