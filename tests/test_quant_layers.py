@@ -284,3 +284,18 @@ def test_lsq_function_matches_composed_autograd(per_channel):
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(x.grad, x2.grad)
     assert torch.allclose(s.grad, s2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_ultralytics_yaml_quantizes_and_fuses():
+    """Ultralytics' own YAMLs (yolo11n.yaml) build as ghost models, quantize, and fuse exactly."""
+    from ghost_yolo import GhostYOLO
+
+    assert isinstance(GhostYOLO("yolo11n.yaml").model, GhostDetectionModel)
+    m = quantize_model(GhostDetectionModel("yolo11n.yaml", ch=4, nc=8, verbose=False), bits=4)
+    x = torch.rand(1, 4, 64, 64)
+    calibrate(m, x)
+    m.eval()
+    with torch.no_grad():
+        assert torch.allclose(m(x)[0], deepcopy(m).fuse(verbose=False)(x)[0], atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        GhostDetectionModel("nope.yaml")

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER, colorstr
+from ultralytics.nn.tasks import yaml_model_load
 
 from ghost_yolo.cfg import resolve_yaml, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels
@@ -41,8 +42,12 @@ class GhostYOLO(Model):
         if Path(model).suffix in {".yaml", ".yml"} or not Path(model).suffix:
             resolved = resolve_yaml(model, "models")
             if not Path(resolved).is_file() and Path(model).suffix:
-                raise FileNotFoundError(f"model YAML '{model}' not found (shipped: ghost-n.yaml, ghost-s.yaml, "
-                                        "ghost-n-dual.yaml, ghost-s-dual.yaml)")
+                try:  # Ultralytics' own model YAMLs (yolo11n.yaml, ...) build as ghost models too
+                    yaml_model_load(model)
+                except Exception as e:
+                    raise FileNotFoundError(f"model YAML '{model}' not found (shipped: ghost-n.yaml, ghost-s.yaml, "
+                                            "ghost-n-dual.yaml, ghost-s-dual.yaml; or Ultralytics' such as "
+                                            "yolo11n.yaml)") from e
             model = resolved if Path(resolved).is_file() else model
         elif not Path(model).exists():
             raise FileNotFoundError(f"model '{model}' not found")

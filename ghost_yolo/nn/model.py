@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 from ultralytics.nn.modules import Conv
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.torch_utils import initialize_weights
 
@@ -34,11 +34,16 @@ def load_model_yaml(cfg: str | Path | dict) -> dict[str, Any]:
         d = deepcopy(cfg)
     else:
         path = resolve_yaml(cfg, "models")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"model YAML '{cfg}' not found (shipped ones: ghost-n.yaml, ghost-s.yaml, "
-                                    "ghost-n-dual.yaml, ghost-s-dual.yaml)")
-        d = YAML.load(path)
-        d["yaml_file"] = str(path)
+        if Path(path).is_file():
+            d = YAML.load(path)
+            d["yaml_file"] = str(path)
+        else:  # Ultralytics' own model YAMLs (yolo11n.yaml, yolov8s.yaml, ...) with their scale from the name
+            try:
+                d = yaml_model_load(str(cfg))
+            except Exception as e:
+                raise FileNotFoundError(f"model YAML '{cfg}' not found (shipped ones: ghost-n.yaml, ghost-s.yaml, "
+                                        "ghost-n-dual.yaml, ghost-s-dual.yaml; or Ultralytics' such as yolo11n.yaml)"
+                                        ) from e
     if act := d.pop("act", None):
         key = str(act).lower().replace("nn.", "").replace("()", "")
         if key not in ACTIVATIONS:
