@@ -111,10 +111,10 @@ class GhostYOLO(Model):
         """
         from ghost_yolo.quant import (
             bits_table,
+            hq_plan,
             check_search_args,
             plot_bits,
             save_bit_map,
-            search_bits,
         )
 
         self._check_is_pytorch_model()
@@ -122,8 +122,8 @@ class GhostYOLO(Model):
         if not getattr(self, "ckpt", None):
             LOGGER.warning("searching bits on a model with no trained weights (built from a YAML): the k-means "
                            "distortion of random initialisation says nothing about the trained model")
-        bits = search_bits(self.model, hq_threshold, bit_min, bit_max, keep_first, keep_head, progress=True)
-        LOGGER.info(bits_table(self.model, bits, hq_threshold))
+        bits, dist = hq_plan(self.model, hq_threshold, bit_min, bit_max, keep_first, keep_head, progress=True)
+        LOGGER.info(bits_table(self.model, bits, dist, hq_threshold))
         if save:
             save_dir = self._save_dir("search", project, name, exist_ok)
             save_bit_map(bits, save_dir / "bits.yaml", model=self.ckpt_path or self.model_name,

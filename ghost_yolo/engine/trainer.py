@@ -26,6 +26,7 @@ from ghost_yolo.quant import (
     bits_table,
     calibrate,
     check_search_args,
+    hq_plan,
     layer_costs,
     parse_bits,
     plot_bits,
@@ -141,9 +142,11 @@ class GhostTrainer(DetectionTrainer):
             if not self.trained_weights and epoch == 0:
                 LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
                                "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
-            bits = resolve_bits("hq", model, self.args.hq_threshold, self.args.bit_min, self.args.bit_max,
-                                self.args.keep_first, self.args.keep_head)
+            bits, distortions = hq_plan(model, self.args.hq_threshold, self.args.bit_min, self.args.bit_max,
+                                        self.args.keep_first, self.args.keep_head, progress=RANK in {-1, 0})
             set_bits(model, bits)
+        else:
+            distortions = None
         bits = {n: m.bits for n, m in layers.items()}
         set_quant_enabled(model, True)
         batch = self.preprocess_batch(next(iter(self.train_loader)))
@@ -159,7 +162,7 @@ class GhostTrainer(DetectionTrainer):
         if RANK in {-1, 0}:
             LOGGER.info(f"{colorstr('ghost:')} quantized phase from epoch {epoch + 1} ({self.args.quantizer}, "
                         f"average weight bits {average_bits(model):.2f}):\n"
-                        + bits_table(model, bits, self.args.hq_threshold if self.quant_spec == "hq" else None))
+                        + bits_table(model, bits, distortions, self.args.hq_threshold))
             save_bit_map(bits, self.save_dir / "bits.yaml", quantizer=self.args.quantizer, source=self.args.bits,
                          hq_threshold=self.args.hq_threshold)
             if self.args.plots:

@@ -30,6 +30,7 @@ from .apply import (
 from .search import (
     bits_table,
     check_search_args,
+    hq_plan,
     parse_bits,
     plot_bits,
     resolve_bits,
@@ -40,7 +41,7 @@ from .search import (
 __all__ = (
     "FLOAT_BITS", "KEEP_BITS", "QUANTIZERS", "DoReFaAct", "DoReFaWeight", "FakeQuantizer", "LSQAct", "LSQWeight",
     "average_bits", "bits_table", "calibrate", "check_bits", "check_search_args", "conv_layers", "cost_totals",
-    "float_mode", "format_costs", "get_bits", "is_quantized", "layer_costs", "parse_bits", "plot_bits",
+    "float_mode", "format_costs", "hq_plan", "get_bits", "is_quantized", "layer_costs", "parse_bits", "plot_bits",
     "policy_layers", "quant_layers", "quantize_model", "resolve_bits", "save_bit_map", "search_bits", "set_bits",
     "set_quant_enabled", "uniform_bits",
 )

@@ -64,7 +64,7 @@ def layer_costs(model: nn.Module, imgsz: int | tuple[int, int] = 640, bits: dict
         macs = oh * ow * k[0] * k[1] * k[2] * k[3]
         params = m.weight.numel()
         rows.append({"layer": n, "type": type(m).__name__, "shape": "x".join(map(str, k)), "params": params,
-                     "macs": macs, "w_bits": wb, "a_bits": ab, "bops": macs * wb * ab,
+                     "biases": k[0], "macs": macs, "w_bits": wb, "a_bits": ab, "bops": macs * wb * ab,
                      "bits_stored": params * wb + k[0] * FLOAT_BITS})
         prev = wb
     df = pd.DataFrame(rows)
@@ -76,10 +76,10 @@ def layer_costs(model: nn.Module, imgsz: int | tuple[int, int] = 640, bits: dict
 def cost_totals(model: nn.Module, df: pd.DataFrame) -> dict[str, Any]:
     """Totals of a ``layer_costs`` table: params, GFLOPs, float and quantized MB, GBOPs, average weight bits."""
     conv_ids = {id(p) for m in conv_layers(model).values() for p in m.parameters(recurse=False)}
-    bn = (nn.modules.batchnorm._BatchNorm,)
-    other = sum(p.numel() for mod in model.modules() if not isinstance(mod, bn)
-                for p in mod.parameters(recurse=False) if id(p) not in conv_ids and not _is_quantizer_param(mod))
-    biases = sum(int(s.split("x")[0]) for s in df["shape"])
+    skip = (nn.modules.batchnorm._BatchNorm, FakeQuantizer)  # BN folds into conv biases; steps are metadata
+    other = sum(p.numel() for mod in model.modules() if not isinstance(mod, skip)
+                for p in mod.parameters(recurse=False) if id(p) not in conv_ids)
+    biases = int(df["biases"].sum())
     float_bits = (df["params"].sum() + biases + other) * FLOAT_BITS
     quant_bits = df["bits_stored"].sum() + other * FLOAT_BITS
     return {
@@ -92,11 +92,6 @@ def cost_totals(model: nn.Module, df: pd.DataFrame) -> dict[str, Any]:
         "float_gbops": df["macs"].sum() * FLOAT_BITS * FLOAT_BITS / 1e9,
         "avg_w_bits": float((df["w_bits"] * df["params"]).sum() / max(df["params"].sum(), 1)),
     }
-
-
-def _is_quantizer_param(module: nn.Module) -> bool:
-    """Quantizer step sizes are deployment metadata, not model weights: kept out of the size."""
-    return isinstance(module, FakeQuantizer)
 
 
 def format_costs(df: pd.DataFrame, per_layer: bool = True) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-__all__ = ("choose_bits", "distortion", "hq_distortions", "hq_search", "kmeans_1d")
+__all__ = ("check_search_args", "choose_bits", "distortion", "hq_distortions", "hq_search", "kmeans_1d", "pick_bits")
 
 Values = torch.Tensor | np.ndarray  # any shape; flattened
 Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # unique values, counts, prefix sums S0, S1
@@ -204,7 +204,7 @@ def _table(weights: dict[str, Values], bits: Iterable[int], iters: int = 50, tol
     return {name: out[name] for name in weights}
 
 
-def _check(threshold: float, bit_min: int, bit_max: int) -> None:
+def check_search_args(threshold: float, bit_min: int, bit_max: int) -> None:
     """Reject options that would make the search meaningless, naming the offending option."""
     try:
         ok = float(threshold) > 0  # False for NaN
@@ -219,7 +219,7 @@ def _check(threshold: float, bit_min: int, bit_max: int) -> None:
         raise ValueError(f"bit_min={bit_min} is larger than bit_max={bit_max}")
 
 
-def _pick(d: dict[int, float], threshold: float, bit_min: int, bit_max: int) -> int:
+def pick_bits(d: dict[int, float], threshold: float, bit_min: int, bit_max: int) -> int:
     """First b with d < threshold (8 if none), clipped to [bit_min, bit_max]."""
     b = next((b for b in sorted(d) if d[b] < threshold), 8)
     return min(max(b, bit_min), bit_max)
@@ -233,14 +233,15 @@ def choose_bits(values: Values, threshold: float = 0.1, bit_min: int = 2, bit_ma
     return hq_search({"": values}, threshold, bit_min, bit_max)[""]
 
 
-def hq_distortions(weights: dict[str, Values], bits: Iterable[int] = range(2, 9)) -> dict[str, dict[int, float]]:
+def hq_distortions(weights: dict[str, Values], bits: Iterable[int] = range(2, 9),
+                   progress: bool = False) -> dict[str, dict[int, float]]:
     """Distortion d at every width in ``bits`` for every layer (the table shown to users, and the benchmark)."""
-    return _table(weights, bits)
+    return _table(weights, bits, progress=progress)
 
 
 def hq_search(weights: dict[str, Values], threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
               progress: bool = False) -> dict[str, int]:
     """HQ bit search: ``{layer: bits}`` in the order of ``weights`` (layer name -> full-precision weight tensor)."""
-    _check(threshold, bit_min, bit_max)
+    check_search_args(threshold, bit_min, bit_max)
     table = _table(weights, range(2, bit_max + 1), progress=progress)
-    return {name: _pick(d, threshold, bit_min, bit_max) for name, d in table.items()}
+    return {name: pick_bits(d, threshold, bit_min, bit_max) for name, d in table.items()}

@@ -16,8 +16,10 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ghost_yolo.nn.quantizers import check_bits
 
 from .apply import KEEP_BITS, conv_layers, policy_layers, quant_layers, uniform_bits
+from .kmeans import check_search_args, hq_distortions, pick_bits
 
-__all__ = ("bits_table", "check_search_args", "parse_bits", "plot_bits", "resolve_bits", "save_bit_map", "search_bits")
+__all__ = ("bits_table", "check_search_args", "hq_plan", "parse_bits", "plot_bits", "resolve_bits", "save_bit_map",
+           "search_bits")
 
 
 def parse_bits(spec: Any) -> int | str | list[int] | dict[str, int] | None:
@@ -54,31 +56,29 @@ def parse_bits(spec: Any) -> int | str | list[int] | dict[str, int] | None:
     raise ValueError(f"invalid bits={spec!r}: use a width 2..8 (32 = float), 'hq', a list or a YAML bit map")
 
 
-def check_search_args(threshold: float, bit_min: int, bit_max: int) -> None:
-    """Validate the HQ search options with messages that name the option."""
-    if threshold is None or float(threshold) <= 0:
-        raise ValueError(f"hq_threshold must be > 0, got {threshold}")
-    for k, v in (("bit_min", bit_min), ("bit_max", bit_max)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 8:
-            raise ValueError(f"{k} must be an integer 2..8, got {v!r}")
-    if bit_min > bit_max:
-        raise ValueError(f"bit_min={bit_min} is larger than bit_max={bit_max}")
+def hq_plan(model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
+            keep_head: bool = True, progress: bool = False) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
+    """HQ search on the model's current float weights: ``({layer: bits}, {layer: {width: distortion}})``.
 
-
-def search_bits(model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
-                keep_head: bool = True, progress: bool = False) -> dict[str, int]:
-    """HQ search on the model's current float weights, then the keep-first/keep-head policy (layers kept at 8)."""
-    from .kmeans import hq_search
-
+    One k-means pass gives both the widths (then the keep-first/keep-head policy, layers kept at 8) and the
+    distortion at every width 2..8 that ``bits_table`` shows.
+    """
     check_search_args(threshold, bit_min, bit_max)
     layers = quant_layers(model) or conv_layers(model)
-    weights = {n: m.weight.detach() for n, m in layers.items()}
-    bits = hq_search(weights, threshold=threshold, bit_min=bit_min, bit_max=bit_max, progress=progress)
+    table = hq_distortions({n: m.weight.detach() for n, m in layers.items()}, progress=progress)
+    bits = {n: pick_bits({b: v for b, v in d.items() if b <= bit_max}, threshold, bit_min, bit_max)
+            for n, d in table.items()}
     first, head = policy_layers(model)
     for n in first * bool(keep_first) + head * bool(keep_head):
         if n in bits:
             bits[n] = KEEP_BITS
-    return bits
+    return bits, table
+
+
+def search_bits(model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
+                keep_head: bool = True, progress: bool = False) -> dict[str, int]:
+    """HQ widths ``{layer: bits}`` for the model's current float weights (see ``hq_plan``)."""
+    return hq_plan(model, threshold, bit_min, bit_max, keep_first, keep_head, progress)[0]
 
 
 def resolve_bits(spec: Any, model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
@@ -100,14 +100,11 @@ def resolve_bits(spec: Any, model: nn.Module, threshold: float = 0.1, bit_min: i
     return {n: m.bits for n, m in layers.items()}
 
 
-def bits_table(model: nn.Module, bits: dict[str, int], threshold: float | None = None) -> str:
-    """Per-layer table: name, shape, params, chosen bits, and (for a threshold) the k-means distortion at each width."""
+def bits_table(model: nn.Module, bits: dict[str, int], distortions: dict[str, dict[int, float]] | None = None,
+               threshold: float | None = None) -> str:
+    """Per-layer table: name, shape, params, chosen bits, and (given ``hq_plan``'s distortions) d at each width."""
     layers = conv_layers(model)
-    dist = {}
-    if threshold:
-        from .kmeans import hq_distortions
-
-        dist = hq_distortions({n: layers[n].weight.detach() for n in bits})
+    dist = distortions or {}
     head = f"{'layer':<30} {'shape':>16} {'params':>9} {'bits':>4}"
     if dist:
         head += "  " + " ".join(f"{f'd@{b}':>7}" for b in range(2, 9))
@@ -123,7 +120,7 @@ def bits_table(model: nn.Module, bits: dict[str, int], threshold: float | None =
     counts = {b: sum(v == b for v in bits.values()) for b in sorted(set(bits.values()))}
     lines.append(f"{len(bits)} layers, average weight bits {avg:.2f} (by params); layers per width "
                  + ", ".join(f"{b}b: {c}" for b, c in counts.items())
-                 + (f"; hq_threshold {threshold} (d = k-means distortion x 1e6)" if threshold else ""))
+                 + (f"; hq_threshold {threshold} (d = k-means distortion x 1e6)" if dist else ""))
     return "\n".join(lines)
 
 
