@@ -39,23 +39,24 @@ def synth_yaml(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(synth_yaml, tmp_path_factory) -> Path:
-    """Train ghost-n for 1 epoch on the tiny set; returns the run directory."""
+    """Train ghost-n in float (bits=32) for 1 epoch on the tiny set; returns the run directory."""
     from ghost_yolo import GhostYOLO
 
     project = tmp_path_factory.mktemp("runs")
     model = GhostYOLO("ghost-n.yaml")
-    model.train(data=str(synth_yaml), epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="train",
+    model.train(data=str(synth_yaml), bits=32, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="train",
                 exist_ok=True, plots=True, seed=0, deterministic=True, val=True)
     return project / "train"
 
 
 @pytest.fixture(scope="session")
 def qtrained(synth_yaml, tmp_path_factory) -> Path:
-    """One float epoch, then the HQ search and one quantized (LSQ) epoch; returns the run directory."""
+    """The default pipeline: one float epoch (fp_epochs = epochs // 2), the HQ search, one quantized (LSQ) epoch with
+    OST self-distillation; returns the run directory."""
     from ghost_yolo import GhostYOLO
 
     project = tmp_path_factory.mktemp("qruns")
-    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), epochs=2, fp_epochs=1, bits="hq", hq_threshold=0.05,
+    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), epochs=2, hq_threshold=0.05,
                                     imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="q", exist_ok=True,
                                     plots=True, seed=0, deterministic=True)
     return project / "q"

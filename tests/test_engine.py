@@ -140,7 +140,7 @@ def test_onnx_export_parity_and_backends(trained, synth_yaml):
 def test_modality_key_changes_channels(synth_yaml, tmp_path, modality, channels):
     """`modality=` trains on the same pairs with 3 (colour) or 1 (IR) channels; predict follows the model."""
     m = GhostYOLO("ghost-n.yaml")
-    m.train(data=str(synth_yaml), modality=modality, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
+    m.train(data=str(synth_yaml), modality=modality, bits=32, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
             name=modality, plots=False, val=False)
     best = GhostYOLO(tmp_path / modality / "weights" / "last.pt")
     assert best.channels == channels

@@ -82,7 +82,7 @@ def test_quantized_val_and_predict(qtrained, synth_yaml):
 
 
 def test_resume_in_quantized_phase(synth_yaml, tmp_path):
-    """A run stopped in its quantized phase resumes with the same widths and step sizes (not re-searched)."""
+    """A run stopped in its quantized phase resumes with the same widths, step sizes and OST gate (not re-searched)."""
     m = GhostYOLO("ghost-n.yaml")
 
     def stop(trainer):
@@ -101,6 +101,7 @@ def test_resume_in_quantized_phase(synth_yaml, tmp_path):
         model = trainer.model
         seen["bits"] = get_bits(model)
         seen["scales"] = {n: q.weight_quant.log_scale.detach().clone() for n, q in quant_layers(model).items()}
+        seen["gate"] = model.distiller.query[0][0].weight.detach().clone()
 
     resumed = GhostYOLO(last)
     resumed.add_callback("on_train_start", grab)
@@ -108,7 +109,11 @@ def test_resume_in_quantized_phase(synth_yaml, tmp_path):
     assert seen["bits"] == get_bits(saved) and set(seen["bits"].values()) == {4, 8}
     for n, q in quant_layers(saved).items():
         assert torch.equal(seen["scales"][n].half(), q.weight_quant.log_scale.half()), n
-    assert len((tmp_path / "r" / "results.csv").read_text().strip().splitlines()) == 4
+    # OST resumes too: its trained gate projections come back, and kd_loss goes on in the resumed epoch
+    assert torch.equal(seen["gate"].half(), saved.distiller.query[0][0].weight.half())
+    rows = (tmp_path / "r" / "results.csv").read_text().strip().splitlines()
+    kd = rows[0].split(",").index("train/kd_loss")
+    assert len(rows) == 4 and float(rows[1].split(",")[kd]) == 0 and float(rows[3].split(",")[kd]) > 0
 
 
 def test_search_cli_is_deterministic(trained, tmp_path):
@@ -197,13 +202,15 @@ def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
 
 
 def test_ddp_trainer_roundtrip_with_bits(synth_yaml, tmp_path):
-    """A DDP worker rebuilds the trainer from pickled args and builds the same quantized model (quantizers off)."""
+    """A DDP worker rebuilds the trainer from pickled args and builds the same quantized model (quantizers off) with
+    the same OST distiller."""
     import cloudpickle
 
     from ghost_yolo.engine.trainer import GhostTrainer
 
     trainer = GhostTrainer(overrides={"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "epochs": 2,
-                                      "bits": 4, "fp_epochs": 1, "keep_head": False, "project": str(tmp_path)})
+                                      "bits": 4, "fp_epochs": 1, "keep_head": False, "project": str(tmp_path),
+                                      "kd_layers": [2, 4, 6], "kd_weight": 3.0})
     state = tmp_path / "state.pt"
     torch.save({"trainer": type(trainer), "args": vars(trainer.args), "callbacks": trainer.callbacks}, state,
                pickle_module=cloudpickle)
@@ -216,11 +223,12 @@ cfg = DEFAULT_CFG_DICT.copy(); cfg.update(save_dir='')
 t = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
 m = t.get_model(cfg="ghost-n.yaml", verbose=False)
 bits = get_bits(m)
-print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enabled for q in quant_layers(m).values()))
+print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enabled for q in quant_layers(m).values()),
+      t.args.kd, m.distiller.layers, m.distiller.weight)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "OK 4 87 [4, 8] False" in out.stdout
+    assert "OK 4 87 [4, 8] False ost [2, 4, 6] 3.0" in out.stdout
 
 
 def test_train_hq_on_random_init_warns(synth_yaml, tmp_path, log):

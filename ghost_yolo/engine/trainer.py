@@ -6,6 +6,7 @@ Only hooks are overridden; the training loop, EMA, checkpoints, resume and DDP a
 
 from __future__ import annotations
 
+import json
 import shutil
 from copy import deepcopy
 from pathlib import Path
@@ -19,11 +20,13 @@ from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
+from ghost_yolo.distill import OSTDistiller, feature_channels, load_teacher, parse_kd_layers
 from ghost_yolo.nn.model import GhostDetectionModel
 from ghost_yolo.quant import (
     FakeQuantizer,
     average_bits,
     bits_table,
+    is_quantized,
     calibrate,
     check_search_args,
     hq_plan,
@@ -37,7 +40,7 @@ from ghost_yolo.quant import (
     set_bits,
     set_quant_enabled,
 )
-from ghost_yolo.utils.plotting import plot_paired_images
+from ghost_yolo.utils.plotting import plot_gates, plot_paired_images
 
 from .validator import GhostValidator
 
@@ -71,9 +74,10 @@ class GhostTrainer(DetectionTrainer):
         """Ghost detection model with input channels that follow the data's modality, prepared for quantization."""
         model = GhostDetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
-        if weights:
-            model.load(weights)
         self.prepare_quantization(model, trained=bool(weights))
+        self.prepare_distillation(model)
+        if weights:  # after the distiller exists, so a resumed run restores its gate projections too
+            model.load(weights)
         return model
 
     # Quantization -----------------------------------------------------------------------------------------------------
@@ -85,8 +89,13 @@ class GhostTrainer(DetectionTrainer):
         float epochs, or at once), on the weights the model has then.
         """
         spec = parse_bits(self.args.bits)
-        self.quant_spec, self.trained_weights = spec, trained
-        self.float_metrics = None
+        self.trained_weights, self.float_metrics = trained, None
+        if spec is None and not self.args.resume:  # the method by default: HQ widths, unless already quantized
+            spec = None if quant_layers(model) else "hq"
+            self.args.bits = spec
+        if self.args.fp_epochs in (None, ""):  # float warm-up by default when training from scratch
+            self.args.fp_epochs = 0 if trained or self.args.resume or spec in (None, 32) else self.args.epochs // 2
+        self.quant_spec = spec
         if self.args.resume or spec is None or (spec == 32 and not quant_layers(model)):
             return  # resume rebuilds the quantized model from its checkpoint; float runs stay float
         if spec == "hq":
@@ -97,6 +106,41 @@ class GhostTrainer(DetectionTrainer):
                        keep_head=self.args.keep_head, enabled=False)
         if spec != "hq":
             set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
+
+    def prepare_distillation(self, model: GhostDetectionModel) -> None:
+        """Attach the OST distiller (``kd=ost``, the default for quantized runs) with its gate projections.
+
+        The teacher is the model's own float self unless ``teacher=path.pt`` names a frozen float model of the same
+        architecture. Distillation runs in the quantized phase only; ``kd_loss`` is a loss column from the start.
+        """
+        kd = "none" if self.args.kd in (None, False) else str(self.args.kd).strip().lower()  # CLI 'none' arrives as None
+        if kd not in {"auto", "ost", "none"}:
+            raise ValueError(f"kd={self.args.kd} is not a distillation mode: use kd=ost (self-teaching), kd=none or "
+                             "kd=auto")
+        quantized = is_quantized(model) or self.quant_spec == "hq"
+        teacher = str(self.args.teacher or "") or None
+        if kd == "auto":
+            kd = "ost" if quantized or teacher else "none"
+        if kd == "none" and teacher:
+            raise ValueError(f"teacher={teacher} is only used for distillation, but kd=none: drop teacher= or pass "
+                             "kd=ost")
+        if not quantized and kd == "ost":
+            LOGGER.warning(f"kd=ost{f' teacher={teacher}' if teacher else ''} on a float run (bits=32): the float "
+                           "model has nothing to learn from its float self; distillation is off")
+        if kd == "none" or not quantized:
+            self.args.kd = "none"
+            return
+        if self.args.compile:
+            raise ValueError("compile=True cannot be used with kd=ost: compiled training computes the loss from a "
+                             "separate forward, where the distilled features are not captured. Pass compile=False "
+                             "or kd=none")
+        layers = parse_kd_layers(self.args.kd_layers, model)
+        distiller = OSTDistiller(layers, feature_channels(model, layers), weight=float(self.args.kd_weight),
+                                 gate=bool(self.args.kd_gate), tau=float(self.args.kd_tau))
+        if teacher:
+            distiller.teacher = load_teacher(teacher, model, layers, device=self.device)
+        model.distiller = distiller
+        self.args.kd = "ost"
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer; quantizer step sizes go to the no-weight-decay group (decay would shrink them)."""
@@ -118,6 +162,8 @@ class GhostTrainer(DetectionTrainer):
         after_float = event == "on_train_epoch_start" and fp_epochs and self.epoch == fp_epochs
         if at_setup or after_float:
             self.start_quantized_phase()
+        if event == "on_train_epoch_end":
+            self.log_gates()
         super().run_callbacks(event)
 
     def start_quantized_phase(self) -> None:
@@ -168,6 +214,20 @@ class GhostTrainer(DetectionTrainer):
             if self.args.plots:
                 plot_bits(bits, self.save_dir / "bits.png", title=f"bits per layer ({self.args.bits})")
 
+    def log_gates(self) -> None:
+        """Log the SCM gates' open fraction per distilled layer for this epoch and append it to ``gates.csv``."""
+        distiller = getattr(unwrap_model(self.model), "distiller", None)
+        fractions = distiller.open_fractions() if distiller is not None else None
+        if fractions is None or RANK not in {-1, 0}:
+            return
+        csv = self.save_dir / "gates.csv"
+        if not csv.exists():
+            csv.write_text("epoch," + ",".join(f"layer{i}" for i in fractions) + "\n")
+        with csv.open("a") as f:
+            f.write(f"{self.epoch + 1}," + ",".join(f"{v:.4f}" for v in fractions.values()) + "\n")
+        LOGGER.info(f"{colorstr('ghost:')} OST gate open fraction by layer: "
+                    + " ".join(f"{i}:{v:.2f}" for i, v in fractions.items()))
+
     def get_validator(self) -> GhostValidator:
         """Paired validator sharing this trainer's args (ghost keys included)."""
         return GhostValidator(self.test_loader, save_dir=self.save_dir, args=vars(self.args).copy(), _callbacks=self.callbacks)
@@ -182,6 +242,9 @@ class GhostTrainer(DetectionTrainer):
         super().final_eval()
         if RANK in {-1, 0} and self.best.exists() and self.metrics:
             LOGGER.info(self.summary())
+            (self.save_dir / "summary.json").write_text(json.dumps(self.summary_dict(), indent=2))
+            if self.args.plots and (self.save_dir / "gates.csv").exists():
+                plot_gates(self.save_dir / "gates.csv", self.save_dir / "gates.png", on_plot=self.on_plot)
 
     def quant_report(self) -> dict[str, Any] | None:
         """Float vs quantized figures of a quantized run: mAP50, mAP50-95 (val), size MB and GBOPs at ``imgsz``."""
@@ -200,10 +263,38 @@ class GhostTrainer(DetectionTrainer):
                           "size_mb": round(costs["size_mb"], 3), "gbops": round(costs["gbops"], 2)},
         }
 
+    def summary_dict(self) -> dict[str, Any]:
+        """What ``summary.json`` holds: the run's setup, final metrics, and float vs quantized figures."""
+        model = unwrap_model(self.model)
+        m = self.metrics or {}
+        gates = None
+        if (csv := self.save_dir / "gates.csv").exists():
+            head, *rows = csv.read_text().strip().splitlines()
+            if rows:
+                gates = {k: float(v) for k, v in zip(head.split(",")[1:], rows[-1].split(",")[1:])}
+        return {
+            "model": Path(model.yaml.get("yaml_file", "model")).name,
+            "data": str(self.args.data),
+            "modality": self.data["modality"],
+            "imgsz": self.args.imgsz,
+            "epochs": self.epoch + 1,
+            "fp_epochs": int(self.args.fp_epochs or 0),
+            "metrics": {"mAP50": m.get("metrics/mAP50(B)"), "mAP50-95": m.get("metrics/mAP50-95(B)"),
+                        "precision": m.get("metrics/precision(B)"), "recall": m.get("metrics/recall(B)")},
+            "quantization": self.quant_report(),
+            "distillation": None if self.args.kd != "ost" else {
+                "kd": "ost", "teacher": str(self.args.teacher or "self"), "kd_weight": float(self.args.kd_weight),
+                "gate": bool(self.args.kd_gate), "layers": getattr(model, "distiller", None) and model.distiller.layers,
+                "gate_open_last_epoch": gates},
+            "weights": {"best": str(self.best), "last": str(self.last),
+                        "best_fp": str(self.wdir / "best_fp.pt") if (self.wdir / "best_fp.pt").exists() else None},
+        }
+
     def summary(self) -> str:
         """Plain-text summary: model, modality, data, accuracy, float vs quantized, weights, and the next commands."""
         model = unwrap_model(self.model)
-        params = sum(p.numel() for n, p in model.named_parameters() if "_quant." not in n) / 1e6
+        params = sum(p.numel() for n, p in model.named_parameters()
+                     if "_quant." not in n and not n.startswith("distiller.")) / 1e6
         name = Path(model.yaml.get("yaml_file", "model")).stem
         m = self.metrics
         size = self.best.stat().st_size / 1e6
@@ -230,9 +321,15 @@ class GhostTrainer(DetectionTrainer):
                     ("mAP50", "mAP50", ".3f"), ("mAP50-95", "mAP50-95", ".3f"), ("size MB", "size_mb", ".2f"),
                     ("GBOPs", "gbops", ".1f"))),
             ]
+            if self.args.kd == "ost":
+                distiller = model.distiller
+                lines.append(f"  distilled OST from {self.args.teacher or 'its own float self'}, kd_weight "
+                             f"{distiller.weight:g}, {len(distiller.layers)} layers"
+                             f"{', SCM gate (gates.csv)' if distiller.gated else ''}")
             if (self.wdir / "best_fp.pt").exists():
                 lines.append(f"  float     {self.wdir / 'best_fp.pt'} (the float phase's best)")
         lines += [
+            f"  summary   {self.save_dir / 'summary.json'}",
             f"  weights   {self.best} ({size:.1f} MB)",
             f"  next      ghost predict model={self.best} source=FOLDER_OF_PAIRS",
             f"            ghost export model={self.best} format=onnx",

@@ -99,8 +99,19 @@ class GhostDetectionModel(DetectionModel):
                            keep_first=quant.get("keep_first", True), keep_head=quant.get("keep_head", True),
                            enabled=quant.get("enabled", True))
 
+    def loss(self, batch: dict[str, Any], preds: Any = None):
+        """Ultralytics' detection loss, plus the OST self-distillation term when a distiller is attached."""
+        if (distiller := getattr(self, "distiller", None)) is not None:
+            return distiller.loss(self, batch, preds, super().loss)
+        return super().loss(batch, preds)
+
     def fuse(self, verbose: bool = True, imgsz: int = 640):
-        """Fold BatchNorm into quantized convs after quantizing their weights, then fuse the rest like Ultralytics."""
+        """Fold BatchNorm into quantized convs after quantizing their weights, then fuse the rest like Ultralytics.
+
+        A fused model is an inference model: the distiller (OST gate projections, training only) is dropped.
+        """
+        if hasattr(self, "distiller"):
+            del self.distiller
         for m in self.modules():
             if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, QConv2d):
                 m.conv.fold_bn(m.bn)

@@ -76,6 +76,8 @@ def layer_costs(model: nn.Module, imgsz: int | tuple[int, int] = 640, bits: dict
 def cost_totals(model: nn.Module, df: pd.DataFrame) -> dict[str, Any]:
     """Totals of a ``layer_costs`` table: params, GFLOPs, float and quantized MB, GBOPs, average weight bits."""
     conv_ids = {id(p) for m in conv_layers(model).values() for p in m.parameters(recurse=False)}
+    if (distiller := getattr(model, "distiller", None)) is not None:  # training-only gate projections, never deployed
+        conv_ids |= {id(p) for p in distiller.parameters()}
     skip = (nn.modules.batchnorm._BatchNorm, FakeQuantizer)  # BN folds into conv biases; steps are metadata
     other = sum(p.numel() for mod in model.modules() if not isinstance(mod, skip)
                 for p in mod.parameters(recurse=False) if id(p) not in conv_ids)

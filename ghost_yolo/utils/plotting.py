@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.plotting import plot_images
 
 
@@ -43,3 +45,31 @@ def plot_paired_images(labels: dict[str, Any], images: torch.Tensor, modality: s
         return plot_images(labels={k: v for k, v in labels.items() if k != "img"}, images=side_by_side(images, modality),
                            **kwargs)
     return plot_images(labels=mirror_boxes(labels, images.shape[3]), images=side_by_side(images, modality), **kwargs)
+
+
+def plot_gates(csv: str | Path, path: str | Path, on_plot: Callable | None = None) -> Path:
+    """Heat map of the OST gates' open fraction, epochs x distilled layers, from ``gates.csv`` (saved as PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    head, *rows = Path(csv).read_text().strip().splitlines()
+    layers = [c.removeprefix("layer") for c in head.split(",")[1:]]
+    epochs = [r.split(",")[0] for r in rows]
+    data = np.array([[float(v) for v in r.split(",")[1:]] for r in rows]).reshape(len(rows), len(layers))
+    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.45), max(2.5, len(rows) * 0.35 + 1.2)), tight_layout=True)
+    im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(layers)), layers, fontsize=7)
+    ax.set_yticks(range(len(epochs)), epochs, fontsize=7)
+    ax.set_xlabel("distilled layer")
+    ax.set_ylabel("epoch")
+    ax.set_title("OST gate: fraction of samples the teacher guides")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    path = Path(path)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    LOGGER.info(f"{colorstr('ghost:')} gate activity plotted to {path}")
+    if on_plot:
+        on_plot(path)
+    return path

@@ -1,0 +1,177 @@
+"""Teachers for OST: which layers they speak at, how their features are captured, and the external-teacher handle.
+
+The default teacher is the student itself with every quantizer bypassed (``float_mode``), run without gradient on the
+same batch, BatchNorm normalising with the batch but keeping its running statistics (only the student pass updates
+them). ``teacher=path.pt`` loads a frozen float model of the same architecture instead (the reference's way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.nn.modules import Concat, Detect
+
+from ghost_yolo.quant.apply import float_mode, set_quant_enabled
+
+__all__ = (
+    "ExternalTeacher",
+    "bn_stats_frozen",
+    "capture_features",
+    "default_kd_layers",
+    "feature_channels",
+    "load_teacher",
+    "parse_kd_layers",
+)
+
+
+def _head_index(model: nn.Module) -> int:
+    """Index of the first Detect head in ``model.model`` (every layer before it may be distilled)."""
+    for i, m in enumerate(model.model):
+        if isinstance(m, Detect):
+            return i
+    return len(model.model)
+
+
+def default_kd_layers(model: nn.Module) -> list[int]:
+    """The backbone and neck outputs, as in the paper, less the layers that only repeat others' features.
+
+    ``nn.Upsample`` and ``Concat`` outputs are functions of layers that are distilled already, so they are skipped;
+    ``kd_layers=all`` keeps them.
+    """
+    return [i for i, m in enumerate(model.model[: _head_index(model)])
+            if not isinstance(m, (nn.Upsample, Concat)) and any(True for _ in m.parameters())]
+
+
+def parse_kd_layers(spec: Any, model: nn.Module) -> list[int]:
+    """``kd_layers`` to sorted layer indices: empty (default), ``all``, a list or a comma-separated string of indices."""
+    head = _head_index(model)
+    if spec is None or spec == "" or spec == []:
+        return default_kd_layers(model)
+    if isinstance(spec, str):
+        if spec.strip().lower() == "all":
+            return list(range(head))
+        spec = [s for s in spec.strip("[]() ").replace(",", " ").split() if s]
+    if isinstance(spec, int):
+        spec = [spec]
+    try:
+        layers = sorted({int(i) for i in spec})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"kd_layers={spec!r}: give layer indices like kd_layers=[2,4,6], or 'all'") from e
+    missing = [i for i in layers if not 0 <= i < head]
+    if missing:
+        raise ValueError(f"kd_layers names layer(s) {missing} that the model does not have before its head: "
+                         f"distillable layers are 0-{head - 1} ('ghost info' lists them)")
+    if not layers:
+        raise ValueError("kd_layers is empty: name at least one layer, or pass kd=none to turn distillation off")
+    return layers
+
+
+@contextmanager
+def capture_features(model: nn.Module, layers: Sequence[int]) -> Iterator[list[torch.Tensor]]:
+    """Collect the outputs of ``model.model[i]`` for ``layers`` during the block (in ``layers`` order).
+
+    Hooks are removed when the block ends, so no hook stays on the model (EMA copies and checkpoints pickle it).
+    """
+    found: dict[int, torch.Tensor] = {}
+    handles = [model.model[i].register_forward_hook(lambda m, a, out, i=i: found.__setitem__(i, out)) for i in layers]
+    feats: list[torch.Tensor] = []
+    try:
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+        feats.extend(found[i] for i in layers if i in found)
+
+
+@contextmanager
+def bn_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises with the batch (training mode) but neither reads nor updates its running statistics."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    try:
+        for bn in bns:
+            bn.track_running_stats = False
+        yield
+    finally:
+        for bn in bns:
+            bn.track_running_stats = True
+
+
+@torch.no_grad()
+def feature_channels(model: nn.Module, layers: Sequence[int], imgsz: int = 64) -> list[int]:
+    """Output channels of ``layers`` from a dry forward on zeros (eval mode, quantizers bypassed: no state changes)."""
+    p = next(model.parameters())
+    ch = int(model.yaml.get("channels", 3))
+    training = model.training
+    try:
+        model.eval()
+        with float_mode(model), capture_features(model, layers) as feats:
+            model.predict(torch.zeros(1, ch, imgsz, imgsz, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(training)
+    return [int(f.shape[1]) for f in feats]
+
+
+class ExternalTeacher:
+    """Holds a frozen teacher outside the student's state: EMA copies and checkpoints do not carry it.
+
+    A plain attribute of the distiller (not a submodule), so it is not in the optimizer, the state dict or the
+    parameter count; ``deepcopy`` and pickling give an empty handle, and the trainer loads the teacher again from
+    ``teacher=`` when it resumes.
+    """
+
+    def __init__(self, module: nn.Module | None = None, path: str | None = None):
+        """Wrap ``module`` (frozen, eval mode, no gradients) loaded from ``path``."""
+        self.module, self.path = module, path
+        if module is not None:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def __bool__(self) -> bool:
+        """True when a teacher is held."""
+        return self.module is not None
+
+    def __deepcopy__(self, memo: dict) -> ExternalTeacher:
+        """EMA copies get an empty handle (only the training model distils)."""
+        return ExternalTeacher()
+
+    def __reduce__(self) -> tuple:
+        """Checkpoints store an empty handle, never the teacher's weights."""
+        return ExternalTeacher, ()
+
+
+def load_teacher(path: str | Path, student: nn.Module, layers: Sequence[int], device: torch.device | str = "cpu"
+                 ) -> ExternalTeacher:
+    """Load ``teacher=path.pt`` and check it can teach ``student`` one-to-one at ``layers``: same input channels,
+    same layer count and the same channels at every distilled layer; a clear error names the first mismatch."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher={path}: file not found (a float checkpoint of the same architecture, e.g. "
+                                "runs/detect/train/weights/best.pt)")
+    try:
+        teacher, _ = load_checkpoint(path, device="cpu")
+    except Exception as e:
+        raise ValueError(f"teacher={path}: not a readable Ultralytics checkpoint ({e})") from e
+    teacher = teacher.float()
+    set_quant_enabled(teacher, False)  # a quantized checkpoint teaches with its float weights
+    t_ch, s_ch = int(teacher.yaml.get("channels", 3)), int(student.yaml.get("channels", 3))
+    if t_ch != s_ch:
+        raise ValueError(f"teacher={path} takes {t_ch} input channels, the student {s_ch}: train the teacher on the "
+                         "same modality")
+    if len(teacher.model) != len(student.model):
+        raise ValueError(f"teacher={path} has {len(teacher.model)} layers, the student {len(student.model)}: OST pairs "
+                         "layers one-to-one, so the teacher must have the student's architecture")
+    t_c, s_c = feature_channels(teacher, layers), feature_channels(student, layers)
+    for i, a, b in zip(layers, t_c, s_c):
+        if a != b or type(teacher.model[i]).__name__ != type(student.model[i]).__name__:
+            raise ValueError(f"teacher={path} differs from the student at layer {i}: "
+                             f"{type(teacher.model[i]).__name__} with {a} channels vs "
+                             f"{type(student.model[i]).__name__} with {b}; use a teacher of the same model YAML")
+    return ExternalTeacher(teacher.to(device), str(path))

@@ -1,0 +1,288 @@
+"""Self-distillation: SCM gate math, OST values and loss, the self-teacher pass, and OST in training end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from copy import deepcopy
+
+import pytest
+import torch
+from torch import nn
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import DEFAULT_CFG
+
+from ghost_yolo import GhostYOLO
+from ghost_yolo.cli import entrypoint
+from ghost_yolo.distill import (
+    ExternalTeacher,
+    OSTDistiller,
+    attention_value,
+    capture_features,
+    default_kd_layers,
+    feature_channels,
+    layer_distance,
+    parse_kd_layers,
+    scm_gate,
+)
+from ghost_yolo.distill.scm import logistic_noise
+from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.quant import calibrate, quant_layers, quantize_model, set_bits
+
+IMGSZ = 64  # matches conftest
+
+
+def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.fixture
+def qmodel() -> GhostDetectionModel:
+    """ghost-n (rgb+ir) at W4, calibrated on noise, with an OST distiller on its default layers."""
+    torch.manual_seed(0)
+    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    quantize_model(m, bits=4)
+    calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
+    layers = default_kd_layers(m)
+    m.distiller = OSTDistiller(layers, feature_channels(m, layers), weight=10.0)
+    m.args = DEFAULT_CFG  # loss hyperparameters, as the trainer sets them
+    return m.train()
+
+
+def _batch(n: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {"img": torch.rand(n, 4, IMGSZ, IMGSZ), "cls": torch.tensor([[0.0], [3.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
+
+
+# SCM gate ----------------------------------------------------------------------------------------------------------
+def test_gate_is_hard_with_soft_gradient():
+    """Training gates are exactly 0/1; their gradient is the soft gate's, sigmoid'((logit + noise) / tau) / tau."""
+    logits = torch.linspace(-3, 3, 50, requires_grad=True)
+    g = scm_gate(logits, tau=0.5, generator=torch.Generator().manual_seed(0))
+    assert set(g.detach().unique().tolist()) <= {0.0, 1.0}
+    g.sum().backward()
+    noise = logistic_noise(logits, torch.Generator().manual_seed(0))
+    soft = torch.sigmoid((logits.detach() + noise) / 0.5)
+    assert torch.allclose(logits.grad, soft * (1 - soft) / 0.5, atol=1e-6)
+    assert torch.equal(g.detach(), (logits.detach() + noise > 0).float())
+
+
+def test_gate_open_probability_is_sigmoid_of_logit():
+    """Logistic noise makes P(open) = sigmoid(logit): 1/2 at logit 0 (a single Gumbel sample would give 0.63)."""
+    gen = torch.Generator().manual_seed(0)
+    for logit in (-2.0, 0.0, 1.5):
+        rate = scm_gate(torch.full((200_000,), logit), generator=gen).mean().item()
+        assert rate == pytest.approx(1 / (1 + math.exp(-logit)), abs=0.005)
+
+
+def test_gate_is_deterministic_at_eval():
+    """At eval there is no noise: open exactly where the logit is positive, the same every call."""
+    logits = torch.tensor([-1.0, -1e-3, 1e-3, 2.0])
+    assert scm_gate(logits, training=False).tolist() == [0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="kd_tau"):
+        scm_gate(logits, tau=0)
+
+
+# OST values and loss ----------------------------------------------------------------------------------------------
+def test_attention_value_and_distance():
+    """Values are unit-norm spatial maps, blind to feature scale; the distance is mean_hw((v_s - v_t)^2)."""
+    torch.manual_seed(0)
+    f = torch.randn(3, 8, 5, 7)
+    v = attention_value(f)
+    assert v.shape == (3, 35) and torch.allclose(v.norm(dim=1), torch.ones(3))
+    assert torch.allclose(attention_value(3 * f), v, atol=1e-6)
+    assert torch.equal(layer_distance(f, f), torch.zeros(3))
+    a, b = torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2)
+    a[..., 0], b[..., 1] = 1, 1  # orthogonal one-hot maps: ||v_s - v_t||^2 = 2 over 2 positions
+    assert layer_distance(a, b).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one-to-one"):
+        layer_distance(f, f[:, :, :4])
+
+
+def test_ost_loss_value_and_gradients():
+    """kd = weight * sum_l mean_b(g * d); the gate term is worth 0, prices (d / mean d - 1) into the gate's logits,
+    and no gradient reaches a student feature whose gate is closed or through the gate's key."""
+    torch.manual_seed(0)
+    d = OSTDistiller([0, 1], [8, 16], weight=5.0).train()
+    student = [torch.randn(6, 8, 4, 4, requires_grad=True), torch.randn(6, 16, 2, 2, requires_grad=True)]
+    teacher = [torch.randn(6, 8, 4, 4), torch.randn(6, 16, 2, 2)]
+    kd, gate_term, g = d(student, teacher)
+    dist = torch.stack([layer_distance(s, t) for s, t in zip(student, teacher)], 1)
+    assert kd.item() == pytest.approx(5.0 * (g * dist).mean(0).sum().item(), rel=1e-6)
+    assert gate_term.item() == 0.0 and set(g.unique().tolist()) <= {0.0, 1.0}
+    (kd + gate_term).backward()
+    closed = g[:, 0] == 0
+    assert closed.any() and (~closed).any()
+    assert torch.all(student[0].grad[closed] == 0) and torch.any(student[0].grad[~closed] != 0)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.key.parameters() if p.dim() == 2)
+
+    # the gate's logit gradient is (d / mean_b d - 1) * dsoft/dlogit / B: positive price pushes the logit down
+    logits = torch.zeros(6, 2, requires_grad=True)
+    d.gate_logits = lambda s, t: logits  # the same objective on known logits
+    torch.manual_seed(3)
+    _, gate_term, _ = d([x.detach() for x in student], teacher)
+    gate_term.backward()
+    price = dist.detach() / dist.detach().mean(0) - 1
+    assert torch.all((logits.grad * price) >= 0) and torch.all(logits.grad[price.abs() > 0.05] != 0)
+
+
+def test_ost_without_gate_teaches_every_pair():
+    """kd_gate=False: no projections, every pair taught, kd = weight * sum_l mean_b(d)."""
+    d = OSTDistiller([0], [8], weight=2.0, gate=False)
+    assert not hasattr(d, "key") and sum(p.numel() for p in d.parameters()) == 0
+    s, t = torch.randn(4, 8, 3, 3), torch.randn(4, 8, 3, 3)
+    kd, _, g = d([s], [t])
+    assert torch.all(g == 1) and kd.item() == pytest.approx(2.0 * layer_distance(s, t).mean().item(), rel=1e-6)
+
+
+def test_ost_batch_of_one():
+    """A last batch of one sample still gates (BN in the projections falls back to running statistics)."""
+    d = OSTDistiller([0], [8], weight=1.0).train()
+    kd, _, g = d([torch.randn(1, 8, 3, 3)], [torch.randn(1, 8, 3, 3)])
+    assert g.shape == (1, 1) and torch.isfinite(kd) and d.training
+
+
+# The self-teacher ---------------------------------------------------------------------------------------------------
+def test_teacher_pass_no_grad_bn_untouched_quantizers_restored(qmodel):
+    """The float self runs without gradient, its BN stats stay as they were, and every quantizer is back on after."""
+    before = _bn_state(qmodel)
+    feats = qmodel.distiller.teacher_features(qmodel, torch.rand(2, 4, IMGSZ, IMGSZ))
+    assert len(feats) == len(qmodel.distiller.layers) and not any(f.requires_grad for f in feats)
+    after = _bn_state(qmodel)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.quant_enabled for m in quant_layers(qmodel).values())
+    assert all(bn.track_running_stats for bn in qmodel.modules() if isinstance(bn, nn.BatchNorm2d))
+    with torch.no_grad():  # the teacher is the float model: its features differ from the quantized student's
+        with capture_features(qmodel, qmodel.distiller.layers) as student:
+            qmodel.predict(torch.rand(2, 4, IMGSZ, IMGSZ))
+    assert len(student) == len(feats) and not torch.equal(student[-1], feats[-1])
+    assert not any(m._forward_hooks for m in qmodel.modules())
+
+
+def test_distilled_step_updates_bn_like_a_plain_step(qmodel):
+    """One OST step moves BN running stats exactly as one plain student step does (the teacher pass adds nothing),
+    and the loss carries kd_loss next to Ultralytics' items."""
+    plain = deepcopy(qmodel)
+    del plain.distiller
+    batch = _batch()
+    loss, items = qmodel.loss(batch)
+    plain.loss(batch)
+    a, b = _bn_state(qmodel), _bn_state(plain)
+    assert all(torch.allclose(a[k].float(), b[k].float()) for k in b)
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "kd_loss"] and items["kd_loss"] > 0
+    assert loss.shape == (4,) and loss[-1].item() == pytest.approx(items["kd_loss"].item() * 4, rel=1e-4)
+    assert int(qmodel.distiller.sample_count) == 4
+    loss.sum().backward()
+    assert any(p.grad is not None for p in qmodel.distiller.query.parameters())
+
+
+def test_kd_loss_zero_when_student_is_teacher(qmodel):
+    """bits=32 everywhere: the quantized student computes what the float teacher does, so kd_loss is 0."""
+    set_bits(qmodel, dict.fromkeys(quant_layers(qmodel), 32))
+    _, items = qmodel.loss(_batch())
+    assert items["kd_loss"].item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_eval_loss_reports_zero_kd(qmodel):
+    """The validator's loss (preds given, eval mode) has the same keys with kd_loss 0; no teacher pass runs."""
+    qmodel.eval()
+    batch = _batch()
+    preds = qmodel(batch["img"])
+    _, items = qmodel.loss(batch, preds)
+    assert items["kd_loss"].item() == 0.0 and int(qmodel.distiller.sample_count) == 0
+
+
+def test_distiller_is_training_only(qmodel):
+    """Gate projections ride in the state dict (resume), not in EMA copies' teacher, not in fused/exported models."""
+    assert any(k.startswith("distiller.query") for k in qmodel.state_dict())
+    qmodel.distiller.teacher = ExternalTeacher(nn.Conv2d(1, 1, 1))
+    copy = deepcopy(qmodel)
+    assert not copy.distiller.teacher and qmodel.distiller.teacher
+    assert not pickle.loads(pickle.dumps(qmodel.distiller.teacher))
+    fused = deepcopy(qmodel).eval().fuse(verbose=False)
+    assert not hasattr(fused, "distiller") and not any("distiller" in k for k in fused.state_dict())
+
+
+def test_kd_layers_parsing(qmodel):
+    """Default: parameterised backbone/neck layers; 'all' adds Upsample/Concat; lists and strings; bad indices named."""
+    default = default_kd_layers(qmodel)
+    assert default == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 17, 19, 20, 22]
+    assert parse_kd_layers(None, qmodel) == default
+    assert parse_kd_layers("all", qmodel) == list(range(23))
+    assert parse_kd_layers([6, 2, 4], qmodel) == parse_kd_layers("2,4,6", qmodel) == [2, 4, 6]
+    with pytest.raises(ValueError, match=r"layer\(s\) \[23, 40\].*0-22"):
+        parse_kd_layers([4, 23, 40], qmodel)
+    with pytest.raises(ValueError, match="layer indices"):
+        parse_kd_layers("backbone", qmodel)
+
+
+# Training -----------------------------------------------------------------------------------------------------------
+def test_pipeline_outputs(qtrained):
+    """The default pipeline (float warm-up, HQ, QAT + OST): kd_loss columns, gates.csv/png, summary.json."""
+    header = (qtrained / "results.csv").read_text().splitlines()[0].split(",")
+    assert "train/kd_loss" in header and "val/kd_loss" in header
+    rows = [r.split(",") for r in (qtrained / "results.csv").read_text().strip().splitlines()[1:]]
+    kd = [float(r[header.index("train/kd_loss")]) for r in rows]
+    assert kd[0] == 0 and kd[-1] > 0  # float phase: nothing to teach; quantized phase: OST
+    gates = (qtrained / "gates.csv").read_text().strip().splitlines()
+    assert gates[0].startswith("epoch,layer0,layer1") and len(gates) == 2  # one quantized epoch
+    assert all(0 <= float(v) <= 1 for v in gates[1].split(",")[1:])
+    assert (qtrained / "gates.png").stat().st_size > 1000
+    s = json.loads((qtrained / "summary.json").read_text())
+    assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == "ost" and s["distillation"]["teacher"] == "self"
+    q = s["quantization"]
+    assert q["bits"] == "hq" and q["quantized"]["size_mb"] < q["float"]["size_mb"] / 3
+    assert q["quantized"]["mAP50"] is not None and q["float"]["mAP50"] is not None and 2 <= q["avg_w_bits"] <= 8
+    ckpt, _ = load_checkpoint(qtrained / "weights" / "best.pt")
+    assert hasattr(ckpt, "distiller") and not ckpt.distiller.teacher
+
+
+def test_external_teacher_and_errors(trained, synth_yaml, tmp_path, log):
+    """teacher=float best.pt teaches a W4 student (not saved with it); mismatched teachers and options are refused."""
+    best = trained / "weights" / "best.pt"
+    m = GhostYOLO(best)
+    m.train(data=str(synth_yaml), bits=4, teacher=str(best), kd_layers=[2, 4, 6], epochs=1, imgsz=IMGSZ, batch=8,
+            workers=0, project=str(tmp_path), name="ext", plots=False, val=False)
+    run = tmp_path / "ext"
+    assert float((run / "results.csv").read_text().splitlines()[1].split(",")[5]) > 0  # train/kd_loss
+    assert json.loads((run / "summary.json").read_text())["distillation"]["teacher"] == str(best)
+    ckpt, _ = load_checkpoint(run / "weights" / "last.pt")
+    assert ckpt.distiller.layers == [2, 4, 6] and not ckpt.distiller.teacher
+
+    rgb = tmp_path / "rgb"
+    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), modality="rgb", bits=32, epochs=1, imgsz=IMGSZ, batch=8,
+                                    workers=0, project=str(rgb), name="t", plots=False, val=False)
+    base = f"train model={best} data={synth_yaml} bits=4 epochs=1 imgsz={IMGSZ} workers=0 project={tmp_path}"
+    cases = [
+        (f"teacher={rgb / 't' / 'weights' / 'last.pt'}", "takes 3 input channels, the student 4"),
+        ("teacher=nothing.pt", "teacher=nothing.pt: file not found"),
+        ("kd_layers=[3,99]", "layer(s) [99]"),
+        ("compile=True", "compile=True cannot be used with kd=ost"),
+        ("kd=dist", "kd=dist is not a distillation mode"),
+        (f"kd=none teacher={best}", "only used for distillation"),
+    ]
+    for extra, message in cases:
+        assert entrypoint(f"{base} {extra}") == 2, extra
+        assert message in log.text, extra
+
+
+def test_teacher_with_other_architecture(tmp_path):
+    """A teacher of another model YAML (same channels in, other widths) is refused naming the first layer that differs."""
+    from ghost_yolo.distill import load_teacher
+
+    other = GhostDetectionModel("ghost-s.yaml", ch=4, nc=8, verbose=False)
+    path = tmp_path / "s.pt"
+    torch.save({"model": other, "train_args": {}}, path)
+    student = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    with pytest.raises(ValueError, match=r"differs from the student at layer 0: Conv with 24 channels vs Conv with 16"):
+        load_teacher(path, student, [0, 2])
+
+
+def test_kd_on_float_run_warns(synth_yaml, tmp_path, log):
+    """kd=ost with bits=32: nothing to teach, a warning, and a float run without kd_loss."""
+    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), bits=32, kd="ost", epochs=1, imgsz=IMGSZ, batch=8,
+                                    workers=0, project=str(tmp_path), name="f", plots=False, val=False)
+    assert "nothing to learn from its float self" in log.text
+    assert "kd_loss" not in (tmp_path / "f" / "results.csv").read_text()
