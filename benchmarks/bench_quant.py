@@ -169,10 +169,12 @@ def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
     """Float base model, then the four arms from it; a markdown table of the results."""
     project = root / "runs"
     t0 = time.time()
-    fp = args.weights or train_arm("ghost-n.yaml", data_yaml, project, "fp", args.fp_epochs, args) / "weights/best.pt"
-    arms = {"float": {}, "W8A8": {"bits": 8}, f"HQ (t={args.hq_threshold})": {"bits": "hq",
-                                                                             "hq_threshold": args.hq_threshold},
-            "W4A4": {"bits": 4}}
+    fp = args.weights or train_arm("ghost-n.yaml", data_yaml, project, "fp", args.fp_epochs, args,
+                                   bits=32) / "weights/best.pt"
+    # quantization alone (no distillation: bench_distill.py measures that), float arms explicitly float
+    arms = {"float": {"bits": 32}, "W8A8": {"bits": 8, "kd": "none"},
+            f"HQ (t={args.hq_threshold})": {"bits": "hq", "hq_threshold": args.hq_threshold, "kd": "none"},
+            "W4A4": {"bits": 4, "kd": "none"}}
     res = {}
     for name, kw in arms.items():
         run = train_arm(fp, data_yaml, project, name.split()[0].lower(), args.q_epochs, args, **kw)

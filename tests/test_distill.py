@@ -148,16 +148,17 @@ def test_ost_batch_of_one():
 def test_teacher_pass_no_grad_bn_untouched_quantizers_restored(qmodel):
     """The float self runs without gradient, its BN stats stay as they were, and every quantizer is back on after."""
     before = _bn_state(qmodel)
-    feats = qmodel.distiller.teacher_features(qmodel, torch.rand(2, 4, IMGSZ, IMGSZ))
+    x = torch.rand(2, 4, IMGSZ, IMGSZ)
+    feats = qmodel.distiller.teacher_features(qmodel, x)
     assert len(feats) == len(qmodel.distiller.layers) and not any(f.requires_grad for f in feats)
     after = _bn_state(qmodel)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(m.quant_enabled for m in quant_layers(qmodel).values())
     assert all(bn.track_running_stats for bn in qmodel.modules() if isinstance(bn, nn.BatchNorm2d))
-    with torch.no_grad():  # the teacher is the float model: its features differ from the quantized student's
-        with capture_features(qmodel, qmodel.distiller.layers) as student:
-            qmodel.predict(torch.rand(2, 4, IMGSZ, IMGSZ))
-    assert len(student) == len(feats) and not torch.equal(student[-1], feats[-1])
+    # the teacher is the float model: on the same input its features differ from the quantized student's
+    with torch.no_grad(), capture_features(qmodel, qmodel.distiller.layers) as student:
+        qmodel.predict(x)
+    assert len(student) == len(feats) and not torch.allclose(student[-1], feats[-1], atol=1e-3)
     assert not any(m._forward_hooks for m in qmodel.modules())
 
 

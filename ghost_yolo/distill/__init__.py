@@ -2,7 +2,14 @@
 
 from .ost import OSTDistiller, attention_value, layer_distance
 from .scm import logistic_noise, scm_gate
-from .teacher import ExternalTeacher, capture_features, default_kd_layers, feature_channels, load_teacher, parse_kd_layers
+from .teacher import (
+    ExternalTeacher,
+    capture_features,
+    default_kd_layers,
+    feature_channels,
+    load_teacher,
+    parse_kd_layers,
+)
 
 __all__ = (
     "ExternalTeacher",

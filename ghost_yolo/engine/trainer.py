@@ -20,16 +20,21 @@ from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
-from ghost_yolo.distill import OSTDistiller, feature_channels, load_teacher, parse_kd_layers
+from ghost_yolo.distill import (
+    OSTDistiller,
+    feature_channels,
+    load_teacher,
+    parse_kd_layers,
+)
 from ghost_yolo.nn.model import GhostDetectionModel
 from ghost_yolo.quant import (
     FakeQuantizer,
     average_bits,
     bits_table,
-    is_quantized,
     calibrate,
     check_search_args,
     hq_plan,
+    is_quantized,
     layer_costs,
     parse_bits,
     plot_bits,
@@ -91,7 +96,7 @@ class GhostTrainer(DetectionTrainer):
         spec = parse_bits(self.args.bits)
         self.trained_weights, self.float_metrics = trained, None
         if spec is None and not self.args.resume:  # the method by default: HQ widths, unless already quantized
-            spec = None if quant_layers(model) else "hq"
+            spec = None if model.yaml.get("quant", {}).get("enabled") else "hq"  # (best_fp.pt is float: HQ)
             self.args.bits = spec
         if self.args.fp_epochs in (None, ""):  # float warm-up by default when training from scratch
             self.args.fp_epochs = 0 if trained or self.args.resume or spec in (None, 32) else self.args.epochs // 2
