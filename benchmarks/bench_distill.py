@@ -231,7 +231,7 @@ def bench_ablation(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
             continue
         print(f"  {name}: {res[name]}", flush=True)
     f = res.get("float", {"map50": float("nan")})
-    rows = [f"| arm | avg weight bits | size MB | mAP50 | mAP50-95 | mAP50 vs float |", "|---|---|---|---|---|---|"]
+    rows = ["| arm | avg weight bits | size MB | mAP50 | mAP50-95 | mAP50 vs float |", "|---|---|---|---|---|---|"]
     for name, r in res.items():
         mb = "n/a" if r["mb"] != r["mb"] else f"{r['mb']:.2f}"
         rows.append(f"| {name} | {r['bits']:.2f} | {mb} | {r['map50']:.1f} | {r['map']:.1f} | "
