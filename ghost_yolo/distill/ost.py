@@ -15,6 +15,7 @@ the key reads them detached, so the student cannot lower its loss by steering it
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,15 @@ from .teacher import ExternalTeacher, bn_stats_frozen, capture_features
 __all__ = ("OSTDistiller", "attention_value", "layer_distance")
 
 QK_DIM = 128  # width of the gate's query/key projections (the reference's)
+
+
+class _StopForward(Exception):
+    """Raised after the last distilled layer: the teacher pass skips the layers OST does not read."""
+
+
+def _stop_forward(module: nn.Module, args: Any, output: Any) -> None:
+    """Forward hook that ends the teacher pass."""
+    raise _StopForward
 
 
 def attention_value(f: torch.Tensor) -> torch.Tensor:
@@ -146,12 +156,16 @@ class OSTDistiller(nn.Module):
     @torch.no_grad()
     def teacher_features(self, model: nn.Module, img: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's features at ``self.layers`` for ``img``: no gradient, the student's BN statistics untouched."""
-        if self.teacher:
-            with float_mode(self.teacher.module), capture_features(self.teacher.module, self.layers) as feats:
-                self.teacher.module.predict(img)
-        else:
-            with float_mode(model), bn_stats_frozen(model), capture_features(model, self.layers) as feats:
-                model.predict(img)
+        net = self.teacher.module if self.teacher else model
+        frozen = contextlib.nullcontext() if self.teacher else bn_stats_frozen(model)
+        with float_mode(net), frozen, capture_features(net, self.layers) as feats:
+            stop = net.model[self.layers[-1]].register_forward_hook(_stop_forward)  # the head is not needed
+            try:
+                net.predict(img)
+            except _StopForward:
+                pass
+            finally:
+                stop.remove()
         return feats
 
     def loss(self, model: nn.Module, batch: dict[str, Any], preds: Any,
