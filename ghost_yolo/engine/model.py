@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 from ultralytics.engine.model import Model
-from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
+from ultralytics.utils import LOGGER, colorstr
 
-from ghost_yolo.cfg import resolve_yaml, split_ghost_args
+from ghost_yolo.cfg import ghost_defaults, resolve_yaml, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels
 from ghost_yolo.nn.model import GhostDetectionModel
 
@@ -26,6 +26,7 @@ from .validator import GhostValidator
 # What bare `ghost train` runs: the whole GHOST pipeline (float warm-up, HQ search, QAT with OST self-distillation) on
 # the built-in synthetic set, sized to finish in under 10 minutes on 2 CPU cores. fp_epochs only applies with the
 # demo's own epochs (with epochs=N it is the default, N // 2).
+EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
 DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 15, "fp_epochs": 10, "batch": 16, "warmup_epochs": 1,
              "close_mosaic": 3}
 
@@ -56,6 +57,19 @@ class GhostYOLO(Model):
             raise FileNotFoundError(f"model '{model}' not found")
         super().__init__(model=model, task=task, verbose=verbose)
 
+    def _load(self, weights: str, task: str | None = None) -> None:
+        """Load ``.pt``/``.onnx`` like Ultralytics, and packed ``.ghost`` checkpoints into an equivalent fused model."""
+        if Path(weights).suffix.lower() != ".ghost":
+            return super()._load(weights, task)
+        from ghost_yolo.quant.packed import load_packed
+
+        self.model = load_packed(weights)
+        self.ckpt = None
+        self.task = "detect"
+        self.overrides = self.model.args = self._reset_ckpt_args(self.model.args)
+        self.overrides.update(model=str(weights), task=self.task)
+        self.ckpt_path = self.model_name = str(weights)
+
     @property
     def task_map(self) -> dict[str, dict[str, Any]]:
         """Ghost classes for the detect task."""
@@ -82,6 +96,9 @@ class GhostYOLO(Model):
 
     def train(self, trainer: Any = None, **kwargs: Any):
         """Train; with no ``data`` (and no resume) this is the demo run on vedai-synth (see ``DEMO_ARGS``)."""
+        if str(self.ckpt_path or "").endswith(".ghost"):
+            raise ValueError(f"{self.ckpt_path} is a packed inference model (BatchNorm folded, weights frozen on their "
+                             "grids): val, predict and export it, and train from the .pt checkpoint it came from")
         if not kwargs.get("data") and not kwargs.get("resume") and not kwargs.get("cfg"):
             data = self.overrides.get("data")
             if data and isinstance(self.model, nn.Module) and getattr(self, "ckpt", None):
@@ -115,8 +132,8 @@ class GhostYOLO(Model):
         """
         from ghost_yolo.quant import (
             bits_table,
-            hq_plan,
             check_search_args,
+            hq_plan,
             plot_bits,
             save_bit_map,
         )
@@ -182,11 +199,31 @@ class GhostYOLO(Model):
         return d
 
     def export(self, **kwargs: Any) -> str:
-        """Export (ONNX with one input of the model's channels); ghost keys are not export options."""
-        stock, _ = split_ghost_args(kwargs)
-        saved = self.overrides
-        self.overrides = split_ghost_args(self.overrides)[0]
-        try:
-            return super().export(**stock)
-        finally:
-            self.overrides = saved
+        """Export like ``YOLO.export``; quantized models give integer ONNX (``int4``, ``calib``) or ``format=ghost``.
+
+        ``format=ghost`` writes the packed checkpoint (weights bit-packed at their own widths), loadable with
+        ``GhostYOLO('model.ghost')``.
+        """
+        from .exporter import GhostExporter
+
+        self._check_is_pytorch_model()
+        stock, ghost = split_ghost_args(kwargs)
+        opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
+        if str(stock.get("format", "")).lower() == "ghost":
+            from ghost_yolo.quant.packed import save_packed
+
+            return str(save_packed(self.model, self._export_path(".ghost"), names=self.model.names,
+                                   args=split_ghost_args(self.overrides)[0]))
+        if opts["int4"] and str(stock.get("format", "torchscript")).lower() != "onnx":
+            raise ValueError("int4=True applies to format=onnx only")
+        custom = {"imgsz": self.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
+        args = {**split_ghost_args(self.overrides)[0], **custom, **stock, "mode": "export"}
+        exporter = GhostExporter(overrides=args, _callbacks=self.callbacks, int4=opts["int4"], calib=opts["calib"],
+                                 calib_data=stock.get("data") or self.overrides.get("data"),
+                                 modality=modality_for_channels(self.channels or 3))
+        return exporter(model=self.model)
+
+    def _export_path(self, suffix: str) -> Path:
+        """Where an export lands: next to the checkpoint, like Ultralytics' exports."""
+        src = Path(self.ckpt_path or self.model_name or "model.pt")
+        return src.with_suffix(suffix)

@@ -36,6 +36,7 @@ from ghost_yolo.quant import (
     hq_plan,
     is_quantized,
     layer_costs,
+    output_quantizers,
     parse_bits,
     plot_bits,
     quant_layers,
@@ -108,7 +109,7 @@ class GhostTrainer(DetectionTrainer):
         if int(self.args.fp_epochs or 0) >= self.args.epochs:
             raise ValueError(f"fp_epochs={self.args.fp_epochs} leaves no quantized epochs of epochs={self.args.epochs}")
         quantize_model(model, bits=8, quantizer=self.args.quantizer, keep_first=self.args.keep_first,
-                       keep_head=self.args.keep_head, enabled=False)
+                       keep_head=self.args.keep_head, enabled=False, out_quant=bool(self.args.out_quant))
         if spec != "hq":
             set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
 
@@ -203,7 +204,8 @@ class GhostTrainer(DetectionTrainer):
         batch = self.preprocess_batch(next(iter(self.train_loader)))
         calibrate(model, batch["img"])
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():  # ranks calibrated on their own batch
-            for q in (q for m in layers.values() for q in (m.weight_quant, m.input_quant)):
+            outs = [m.quant for m in output_quantizers(model).values()]
+            for q in [*(q for m in layers.values() for q in (m.weight_quant, m.input_quant)), *outs]:
                 for t in (*q.parameters(), *q.buffers()):
                     if t.is_floating_point():
                         dist.broadcast(t.data, src=0)

@@ -97,7 +97,7 @@ class GhostDetectionModel(DetectionModel):
 
             quantize_model(self, bits=quant.get("bits") or 8, quantizer=quant.get("quantizer", "lsq"),
                            keep_first=quant.get("keep_first", True), keep_head=quant.get("keep_head", True),
-                           enabled=quant.get("enabled", True))
+                           enabled=quant.get("enabled", True), out_quant=bool(quant.get("out_bits")))
 
     def loss(self, batch: dict[str, Any], preds: Any = None):
         """Ultralytics' detection loss, plus the OST self-distillation term when a distiller is attached."""

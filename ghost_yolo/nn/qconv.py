@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import QUANTIZERS, FakeQuantizer, check_bits, half_exact
+from .quantizers import QUANTIZERS, FakeQuantizer, LSQAct, check_bits, half_exact
 
-__all__ = ("QConv2d",)
+__all__ = ("QConv2d", "QuantAct")
+
+OUT_BITS = 8  # width of the conv-block output grid (what onnxruntime's QLinearConv writes: uint8)
 
 
 class QConv2d(nn.Conv2d):
@@ -85,23 +87,69 @@ class QConv2d(nn.Conv2d):
                         self.dilation, self.groups)
 
     @torch.no_grad()
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes (as float, shape of the weight) and signed per-channel scales: ``weight == codes * scale``.
+
+        This is what integer export and packing store. Folded layers keep their scales in ``fold_scale`` (signed: a
+        negative BatchNorm gamma flips a channel).
+        """
+        if not self.weight_quant.active:
+            raise RuntimeError("weight_codes() needs a quantized layer (bits < 32, quantizers enabled)")
+        if self.folded:
+            scale = self.fold_scale
+            return torch.round(self.weight / scale.view(-1, 1, 1, 1)), scale
+        return self.weight_quant.codes(half_exact(self.weight))
+
+    @torch.no_grad()
     def fold_bn(self, bn: nn.BatchNorm2d) -> None:
-        """Fold a following BatchNorm into this conv after quantizing the weight, so fused == unfused exactly.
+        """Fold a following BatchNorm into this conv after quantizing the weight, so fused == unfused.
 
         Folding before quantizing would change the grid (and is wrong for quantizers that are not scale-equivariant
-        such as DoReFa). The folded weight is ``Q(w) * gamma / sigma`` per channel; for LSQ it stays on an integer grid
-        with per-channel step ``s_c * gamma_c / sigma_c`` (kept as the ``fold_scale`` buffer, signed, for export).
+        such as DoReFa). The folded weight is ``codes * s_c * gamma_c / sigma_c`` per channel: it stays on an integer
+        grid whose signed per-channel scale is kept as the ``fold_scale`` buffer, so export and packing recover the
+        exact codes.
         """
         factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        wq = self.quantized_weight() if self.weight_quant.active or self.folded else self.weight
         bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
-        self.weight = nn.Parameter((wq * factor.view(-1, 1, 1, 1)).detach(), requires_grad=False)
+        if self.weight_quant.active and not self.folded:
+            codes, steps = self.weight_codes()
+            self.register_buffer("fold_scale", steps * factor)
+            w = codes * self.fold_scale.view(-1, 1, 1, 1)
+        else:
+            w = self.weight * factor.view(-1, 1, 1, 1)
+            if self.folded:
+                self.fold_scale = self.fold_scale * factor
+        self.weight = nn.Parameter(w.detach(), requires_grad=False)
         self.bias = nn.Parameter((bn.bias + (bias - bn.running_mean) * factor).detach(), requires_grad=False)
         if self.weight_quant.active:
-            if hasattr(self.weight_quant, "steps"):
-                self.register_buffer("fold_scale", self.weight_quant.steps() * factor)  # signed: codes keep theirs
             self.folded = True
 
     def extra_repr(self) -> str:
         """Conv2d's description plus the bit width and quantizer."""
         return f"{super().extra_repr()}, bits={self.bits}, quantizer={self.quantizer}"
+
+
+class QuantAct(nn.Module):
+    """A conv block's activation that first quantizes its input (the block's BN-folded conv output) to 8 bit.
+
+    Integer runtimes (onnxruntime's ``QLinearConv``) write a conv's output as uint8; simulating that grid during QAT
+    makes the exported integer graph compute what training validated. It is active only while its conv is
+    (quantized and enabled), so the float phase and the float-teacher pass are untouched. The conv is referenced, not
+    registered: the block already owns it.
+    """
+
+    def __init__(self, act: nn.Module, conv: QConv2d, bits: int = OUT_BITS) -> None:
+        """Wrap ``act`` (the block's activation) behind an LSQ activation quantizer that follows ``conv``'s switches."""
+        super().__init__()
+        self.act = act
+        self.quant = LSQAct(bits)
+        self._conv = (conv,)
+
+    @property
+    def conv(self) -> QConv2d:
+        """The conv whose output this quantizes."""
+        return self._conv[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(Q8(x))`` while the conv is quantized, ``act(x)`` otherwise."""
+        return self.act(self.quant(x) if self.conv.weight_quant.active else x)

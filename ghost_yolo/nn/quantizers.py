@@ -15,7 +15,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ("FLOAT_BITS", "QUANTIZERS", "DoReFaAct", "DoReFaWeight", "LSQAct", "LSQWeight", "check_bits", "round_ste")
+__all__ = ("FLOAT_BITS", "QUANTIZERS", "ActQuantizer", "DoReFaAct", "DoReFaWeight", "LSQAct", "LSQWeight", "WeightQuantizer",
+           "check_bits", "round_ste")
 
 FLOAT_BITS = 32
 VALID_BITS = (*range(2, 9), FLOAT_BITS)
@@ -132,7 +133,27 @@ class FakeQuantizer(nn.Module):
         return f"bits={self.bits}, enabled={self.enabled}"
 
 
-class LSQWeight(FakeQuantizer):
+class WeightQuantizer(FakeQuantizer):
+    """A weight quantizer whose grid is ``step_c * code`` with integer codes: what integer export and packing need."""
+
+    def code_grid(self) -> tuple[int, int, int]:
+        """``(lowest code, highest code, stride)``: every code is ``lowest + stride * k`` for ``k < 2**bits``."""
+        raise NotImplementedError
+
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes (as float) and per-channel steps such that ``quantize(w) == codes * steps`` per channel."""
+        raise NotImplementedError
+
+
+class ActQuantizer(FakeQuantizer):
+    """An activation quantizer on an unsigned grid ``step * (code - zero_point)``, ``code`` in ``0..levels``."""
+
+    def qparams(self) -> tuple[float, int, int]:
+        """``(step, zero point, highest code)`` as frozen Python numbers (for export)."""
+        raise NotImplementedError
+
+
+class LSQWeight(WeightQuantizer):
     """LSQ weights: per-output-channel symmetric grid ``s_c * [-2^(b-1), 2^(b-1)-1]`` with learned step sizes ``s_c``.
 
     The steps start at the per-channel clipping range that minimises the squared quantization error of the current
@@ -185,8 +206,18 @@ class LSQWeight(FakeQuantizer):
         """Per-channel step sizes as used in ``quantize`` (for export and accounting)."""
         return self._steps().detach()
 
+    def code_grid(self) -> tuple[int, int, int]:
+        """Signed codes ``-2^(b-1) .. 2^(b-1) - 1``."""
+        return self.qmin, self.qmax, 1
 
-class LSQAct(FakeQuantizer):
+    @torch.no_grad()
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``round(w / s)`` clamped to the grid, with the steps ``s`` (rounding exactly as ``quantize`` does)."""
+        s = self.steps()
+        return (w / s.view(-1, *([1] * (w.ndim - 1)))).round().clamp_(self.qmin, self.qmax), s
+
+
+class LSQAct(ActQuantizer):
     """LSQ activations: per-tensor grid ``s * ([0, 2^b - 1] - z)`` with a learned step ``s``.
 
     The integer zero point ``z = round(-lo / s)`` covers the lowest value seen at calibration (``lo``, a buffer): 0 for
@@ -242,8 +273,13 @@ class LSQAct(FakeQuantizer):
         """The step size as used in ``quantize``."""
         return half_exact(self.log_scale.detach()).exp()
 
+    def qparams(self) -> tuple[float, int, int]:
+        """Frozen step, zero point and highest code."""
+        s = self.steps()
+        return float(s), int(self.zero_point(s)), self.levels
 
-class DoReFaWeight(FakeQuantizer):
+
+class DoReFaWeight(WeightQuantizer):
     """DoReFa weights (the GHOST reference): ``2 * round_b(tanh(w) / (2 max|tanh w|) + 0.5) - 1``, per output channel.
 
     The result lies on ``2^b`` levels in [-1, 1]; unlike the reference it is multiplied back by the channel's ``max|w|``
@@ -264,8 +300,21 @@ class DoReFaWeight(FakeQuantizer):
         q = 2 * round_ste(t * n) / n - 1
         return q * w.detach().abs().flatten(1).amax(1).view(shape)
 
+    def code_grid(self) -> tuple[int, int, int]:
+        """Odd codes ``-(2^b - 1) .. 2^b - 1`` (``2k - n`` for level ``k``): one bit more than LSQ's at the same width."""
+        n = 2**self.bits - 1
+        return -n, n, 2
 
-class DoReFaAct(FakeQuantizer):
+    @torch.no_grad()
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``2k - n`` and steps ``max|w| / n``: ``quantize(w) == codes * steps``."""
+        n = 2**self.bits - 1
+        t = torch.tanh(w)
+        t = t / (2 * t.abs().flatten(1).amax(1).clamp_min(1e-8).view(-1, *([1] * (w.ndim - 1)))) + 0.5
+        return 2 * (t * n).round() - n, w.abs().flatten(1).amax(1) / n
+
+
+class DoReFaAct(ActQuantizer):
     """DoReFa activations (the GHOST reference): ``round_b(clamp(x, 0, 1))``; assumes ReLU-fed inputs."""
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,8 +322,13 @@ class DoReFaAct(FakeQuantizer):
         n = 2**self.bits - 1
         return round_ste(torch.clamp(x, 0, 1) * n) / n
 
+    def qparams(self) -> tuple[float, int, int]:
+        """Step ``1 / n`` on codes ``0..n`` with zero point 0."""
+        n = 2**self.bits - 1
+        return 1.0 / n, 0, n
 
-QUANTIZERS: dict[str, tuple[type[FakeQuantizer], type[FakeQuantizer]]] = {
+
+QUANTIZERS: dict[str, tuple[type[WeightQuantizer], type[ActQuantizer]]] = {
     "lsq": (LSQWeight, LSQAct),
     "dorefa": (DoReFaWeight, DoReFaAct),
 }

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import DFL, Detect
+from ultralytics.nn.modules import DFL, Conv, Detect
 
-from ghost_yolo.nn.qconv import QConv2d
+from ghost_yolo.nn.qconv import OUT_BITS, QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import FLOAT_BITS, QUANTIZERS, check_bits
 
 __all__ = (
@@ -26,6 +26,7 @@ __all__ = (
     "float_mode",
     "get_bits",
     "is_quantized",
+    "output_quantizers",
     "policy_layers",
     "quant_layers",
     "quantize_model",
@@ -94,7 +95,7 @@ def _record(model: nn.Module, **kw: Any) -> None:
 
 
 def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: str = "lsq", keep_first: bool = True,
-                   keep_head: bool = True, enabled: bool = True) -> nn.Module:
+                   keep_head: bool = True, enabled: bool = True, out_quant: bool = False) -> nn.Module:
     """Swap in quantized convs (in place) and set their widths; returns the model.
 
     Args:
@@ -105,6 +106,7 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: 
         keep_first: Keep the first layer's convs at 8 bit when ``bits`` is one width.
         keep_head: Keep the head's prediction convs at 8 bit when ``bits`` is one width.
         enabled: Start with the quantizers on (off: float until ``set_quant_enabled(model, True)``).
+        out_quant: Also quantize every conv block's output to 8 bit (``QuantAct``), as integer ONNX runs it.
     """
     if quantizer not in QUANTIZERS:
         raise ValueError(f"unknown quantizer '{quantizer}': use one of {', '.join(QUANTIZERS)}")
@@ -123,9 +125,19 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: 
         set_bits(root, {**dict.fromkeys(quant_layers(root), KEEP_BITS), **bits})
     else:
         set_bits(root, uniform_bits(root, bits, keep_first, keep_head))
+    if out_quant:
+        for block in root.modules():
+            if isinstance(block, Conv) and isinstance(block.conv, QConv2d) and not isinstance(block.act, QuantAct):
+                block.act = QuantAct(block.act, block.conv)
     set_quant_enabled(root, enabled)
-    _record(root, quantizer=quantizer, keep_first=bool(keep_first), keep_head=bool(keep_head), enabled=bool(enabled))
+    _record(root, quantizer=quantizer, keep_first=bool(keep_first), keep_head=bool(keep_head), enabled=bool(enabled),
+            **({"out_bits": OUT_BITS} if out_quant else {}))
     return model
+
+
+def output_quantizers(model: nn.Module) -> dict[str, QuantAct]:
+    """The conv-block output quantizers (``QuantAct``) of a model, by name."""
+    return {n: m for n, m in _modules(model).named_modules() if isinstance(m, QuantAct)}
 
 
 def uniform_bits(model: nn.Module, bits: int, keep_first: bool = True, keep_head: bool = True) -> dict[str, int]:
@@ -201,6 +213,8 @@ def calibrate(model: nn.Module, images: torch.Tensor, recalibrate: bool = True) 
         for m in layers.values():
             m.weight_quant.calibrated.fill_(False)
             m.input_quant.calibrated.fill_(False)
+        for m in output_quantizers(root).values():
+            m.quant.calibrated.fill_(False)
     bns = [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     training = root.training

@@ -1,0 +1,283 @@
+"""Integer (QDQ) ONNX export of a quantized model: int8/INT4 weights, frozen activation grids, QLinearConv-ready.
+
+A fused quantized model computes ``conv(Q_in(x), codes * scale)`` in float. For ONNX each active ``QConv2d`` becomes a
+``QDQConv``: its input goes through QuantizeLinear/DequantizeLinear (uint8, the layer's own step and zero point; a
+Clip first for sub-8-bit grids), its weight through DequantizeLinear of int8 codes with per-channel scales. The
+convs inside ``Conv`` blocks (conv -> activation) also quantize their output to 8 bit with a range calibrated on
+images: onnxruntime only runs a conv in integer arithmetic (``QLinearConv``) when a QuantizeLinear follows it, and
+without that the graph runs slower than float. That output grid is the one step that training did not simulate; it is
+calibrated per layer to the least squared error, and the parity tests bound what it changes.
+
+``finalize_qdq`` then rewrites the exported file: the quantized weight constants become int8 initializers (INT4 with
+``int4=True``, opset 21), with no QuantizeLinear left on constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.nn.modules import Conv
+from ultralytics.utils import LOGGER
+
+from ghost_yolo.nn.qconv import QConv2d, QuantAct
+from ghost_yolo.nn.quantizers import LSQAct
+
+__all__ = ("QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "qdq_summary", "to_qdq", "trained_output_grids")
+
+DYNAMIC_RANGE_OPS = {"ReduceMax", "ReduceMin", "DynamicQuantizeLinear", "ReduceMean", "ArgMax"}
+OUTPUT_CALIB_SAMPLES = 1 << 20  # values kept per layer for the output-range fit (a fixed strided subsample)
+
+
+def active_qconvs(model: nn.Module) -> dict[str, QConv2d]:
+    """``{name: conv}`` of the quantized convs that compute in integers (bits < 32, quantizers on)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QConv2d) and m.weight_quant.active}
+
+
+def trained_output_grids(model: nn.Module) -> dict[str, tuple[float, int]]:
+    """``{conv name: (step, zero point)}`` of the output grids learned in QAT (``out_quant=True``), active convs only."""
+    qconvs = active_qconvs(model)
+    return {f"{n}.conv": m.act.quant.qparams()[:2] for n, m in model.named_modules()
+            if isinstance(m, Conv) and isinstance(m.act, QuantAct) and f"{n}.conv" in qconvs}
+
+
+def _output_quantized(model: nn.Module) -> set[str]:
+    """Names of the active quantized convs inside a ``Conv`` block (conv -> act): those get an 8-bit output grid."""
+    qconvs = active_qconvs(model)
+    return {f"{n}.conv" for n, m in model.named_modules() if isinstance(m, Conv) and f"{n}.conv" in qconvs}
+
+
+@torch.no_grad()
+def calibrate_outputs(model: nn.Module, images: Iterable[torch.Tensor]) -> dict[str, tuple[float, int]]:
+    """Fit an 8-bit ``(step, zero point)`` to each block conv's output over ``images`` (least squared error).
+
+    ``model`` is the fused quantized model, ``images`` float batches in [0, 1] of its input channels.
+    """
+    names = _output_quantized(model)
+    modules = dict(model.named_modules())
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def keep(name: str):
+        def hook(_m, _i, out: torch.Tensor) -> None:
+            v = out.detach().float().flatten()
+            seen[name].append(v[:: max(1, v.numel() // (OUTPUT_CALIB_SAMPLES // 8))])
+
+        return hook
+
+    hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
+    try:
+        for im in images:
+            model(im)
+    finally:
+        for h in hooks:
+            h.remove()
+    ranges = {}
+    for n, vals in seen.items():
+        if not vals:
+            continue
+        q = LSQAct(8)
+        q.calibrate(torch.cat(vals))
+        ranges[n] = q.qparams()[:2]
+    return ranges
+
+
+class QDQConv(nn.Module):
+    """Export-time stand-in for an active ``QConv2d``: the same computation written with ONNX-exportable Q/DQ ops.
+
+    ``torch.fake_quantize_*`` export as QuantizeLinear + DequantizeLinear pairs; ``finalize_qdq`` turns the pair on the
+    constant weight into an int8 initializer feeding the DequantizeLinear.
+    """
+
+    def __init__(self, conv: QConv2d, out_q: tuple[float, int] | None = None, name: str = "") -> None:
+        """Freeze ``conv``'s grids (weight codes, input step/zero point) and the optional output grid ``out_q``."""
+        super().__init__()
+        codes, scale = conv.weight_codes()
+        lo, hi, _ = conv.weight_quant.code_grid()
+        sign = torch.where(scale < 0, -1.0, 1.0).to(scale)  # DequantizeLinear scales must be positive: flip codes
+        codes = codes * sign.view(-1, 1, 1, 1)
+        if hi > 127 or lo < -128:
+            raise ValueError(f"layer {name}: {conv.quantizer} {conv.bits}-bit weights use codes {lo}..{hi}, which an "
+                             "int8 ONNX initializer cannot hold (use bits <= 7 for this quantizer, or format=ghost)")
+        self.clipped = int((codes > 127).sum())  # only -(-128) at 8 bit in a flipped channel
+        codes = codes.clamp(-128, 127)
+        self.w_scale = (scale * sign).float().contiguous()
+        self.register_buffer("weight", (codes * self.w_scale.view(-1, 1, 1, 1)).float())
+        self.bias = None if conv.bias is None else conv.bias.detach().float()
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.bits = conv.bits
+        self.in_step, self.in_zero, levels = conv.input_quant.qparams()
+        self.in_clip = None if levels == 255 else ((0 - self.in_zero) * self.in_step, (levels - self.in_zero) * self.in_step)
+        self.out_q = out_q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Clip (sub-8-bit) -> Q/DQ input -> conv with DQ(int8 weight) -> Q/DQ output (block convs)."""
+        if self.in_clip is not None:
+            x = x.clamp(*self.in_clip)
+        x = torch.fake_quantize_per_tensor_affine(x, self.in_step, self.in_zero, 0, 255)
+        w = torch.fake_quantize_per_channel_affine(self.weight, self.w_scale, torch.zeros_like(self.w_scale,
+                                                   dtype=torch.int32), 0, -128, 127)
+        y = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.out_q is not None:
+            y = torch.fake_quantize_per_tensor_affine(y, self.out_q[0], self.out_q[1], 0, 255)
+        return y
+
+
+def to_qdq(model: nn.Module, out_ranges: dict[str, tuple[float, int]]) -> dict[str, int]:
+    """Replace every active ``QConv2d`` of the fused ``model`` by a ``QDQConv`` in place; returns ``{name: bits}``."""
+    bits, clipped = {}, 0
+    for block in model.modules():  # the output grid moves into the QDQConv; the activation stays
+        if isinstance(block, Conv) and isinstance(block.act, QuantAct):
+            block.act = block.act.act
+    for name, conv in active_qconvs(model).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        q = QDQConv(conv, out_ranges.get(name), name)
+        setattr(parent, attr, q)
+        bits[name], clipped = q.bits, clipped + q.clipped
+    if clipped:
+        LOGGER.warning(f"{clipped} weight code(s) of -128 in channels with a negative BatchNorm scale were stored as "
+                       "+127 (int8 has no +128)")
+    return bits
+
+
+def _const(graph: Any, name: str) -> np.ndarray | None:
+    """The value of an initializer or Constant node output, else None."""
+    from onnx import numpy_helper
+
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _pack_int4(q: np.ndarray) -> bytes:
+    """ONNX's INT4 storage: two values per byte, the first in the low nibble."""
+    u = (q.ravel().astype(np.int16) & 0x0F).astype(np.uint8)
+    if u.size % 2:
+        u = np.append(u, np.uint8(0))
+    return (u[0::2] | (u[1::2] << 4)).tobytes()
+
+
+def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
+    """Store quantized weights as int8 (or INT4) initializers in the ONNX file at ``path``; returns counts.
+
+    Every QuantizeLinear whose input is a constant is evaluated here (round half to even, saturate, exactly as ONNX
+    defines it) and removed; its DequantizeLinear reads the integer initializer. With ``int4``, weights whose codes
+    all lie in -8..7 are stored as INT4 and the opset becomes 21.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    remove, new_inits, counts = [], [], {"int8": 0, "int4": 0}
+    for n in g.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        x = _const(g, n.input[0])
+        if x is None:
+            continue
+        scale, zp = _const(g, n.input[1]), _const(g, n.input[2]) if len(n.input) > 2 else None
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        shape = [1] * x.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        zp_arr = np.zeros_like(scale, dtype=np.int8) if zp is None else zp
+        q = np.clip(np.rint(x / scale.reshape(shape)) + zp_arr.reshape(shape).astype(np.float32), -128, 127)
+        q = q.astype(np.int8)
+        four = int4 and q.min() >= -8 and q.max() <= 7 and not zp_arr.any()
+        name = f"{n.input[0]}_q{'4' if four else '8'}"
+        if four:
+            new_inits.append(helper.make_tensor(name, TensorProto.INT4, q.shape, _pack_int4(q), raw=True))
+            zname = f"{name}_zero_point"
+            new_inits.append(helper.make_tensor(zname, TensorProto.INT4, zp_arr.shape,
+                                                _pack_int4(np.zeros(zp_arr.shape, np.int8)), raw=True))
+        else:
+            new_inits.append(numpy_helper.from_array(q, name))
+        counts["int4" if four else "int8"] += 1
+        for c in consumers.get(n.output[0], []):
+            if c.op_type != "DequantizeLinear":
+                raise RuntimeError(f"unexpected {c.op_type} after the weight QuantizeLinear {n.name}")
+            c.input[0] = name
+            if four:
+                c.input[2] = zname
+        remove.append(n)
+    for n in remove:
+        g.node.remove(n)
+    g.initializer.extend(new_inits)
+    counts["saturations"] = _clip_to_saturation(g)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for t in [t for t in g.initializer if t.name not in used]:  # the float weights the Q nodes read
+        g.initializer.remove(t)
+    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]:
+        g.node.remove(n)
+    if counts["int4"]:
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = max(o.version, 21)
+        model.ir_version = max(model.ir_version, 10)
+    if dynamic := sorted({n.op_type for n in g.node} & DYNAMIC_RANGE_OPS):
+        raise RuntimeError(f"the QDQ graph still computes ranges at run time ({', '.join(dynamic)})")
+    onnx.save(model, str(path))
+    return counts
+
+
+def _clip_to_saturation(g: Any) -> int:
+    """Turn ``Clip(x, lo, hi) -> QuantizeLinear`` (a sub-8-bit grid) into ``QuantizeLinear -> Min(q, top code)``.
+
+    The same codes (the lower bound is code 0, where uint8 saturates anyway), but the clamp runs on one byte per value
+    after quantizing instead of on floats before it.
+    """
+    from onnx import helper, numpy_helper
+
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    done = 0
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        clip = producer.get(q.input[0])
+        if clip is None or clip.op_type != "Clip" or uses[clip.output[0]] != 1 or len(clip.input) < 3:
+            continue
+        scale, zero, hi = _const(g, q.input[1]), _const(g, q.input[2]), _const(g, clip.input[2])
+        if scale is None or zero is None or hi is None or scale.ndim:
+            continue
+        top = int(np.rint(float(hi) / float(scale))) + int(zero)
+        q.input[0] = clip.input[0]
+        g.node.remove(clip)
+        out = q.output[0]
+        q.output[0] = f"{out}_saturated"
+        g.initializer.append(numpy_helper.from_array(np.array(top, dtype=zero.dtype), f"{out}_top"))
+        g.node.insert(list(g.node).index(q) + 1, helper.make_node("Min", [q.output[0], f"{out}_top"], [out],
+                                                                 name=f"{q.name}_top"))
+        done += 1
+    return done
+
+
+def qdq_summary(path: str | Path) -> dict[str, Any]:
+    """Op and initializer type counts of an ONNX file (for logs and tests)."""
+    import onnx
+    from onnx import TensorProto
+
+    g = onnx.load(str(path)).graph
+    ops: dict[str, int] = {}
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    types: dict[str, int] = {}
+    for t in g.initializer:
+        k = TensorProto.DataType.Name(t.data_type)
+        types[k] = types.get(k, 0) + 1
+    return {"ops": ops, "initializers": types}
