@@ -22,7 +22,7 @@ MODES = {
     "train": "train a detector (no arguments: ghost-n on the built-in vedai-synth demo data)",
     "val": "validate a trained model (.pt or .onnx) on its data or data=...",
     "predict": "detect on image pairs: a folder (either pairing convention), a_co.png, or two paths",
-    "export": "export a trained model, e.g. format=onnx (one input of the model's channels)",
+    "export": "export a trained model: format=onnx (integer QDQ for quantized models; int4=True), format=ghost (packed)",
     "search": "HQ bit-width search on a trained model (no training): per-layer table, bits.yaml and bits.png",
     "info": "per-layer params, MACs, bits and BOPs, size MB and GBOPs (the GHOST paper's counting); layers.csv",
     "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024]",
@@ -49,6 +49,8 @@ Examples:
   ghost val model=runs/detect/train/weights/best.pt
   ghost predict model=best.pt source=path/to/pairs save_txt=True
   ghost export model=best.pt format=onnx dynamic=True
+  ghost export model=best.pt format=onnx int4=True                    # quantized: int8/INT4 weights, QLinearConv
+  ghost export model=best.pt format=ghost                             # packed .ghost (GhostYOLO('best.ghost'))
   ghost train model=best.pt data=vedai-synth.yaml bits=hq epochs=10   # quantize a float model (HQ widths) + QAT
   ghost train model=ghost-n.yaml bits=hq fp_epochs=10 epochs=20      # float first, then HQ search and QAT
   ghost search model=best.pt hq_threshold=0.1                         # widths only: table, bits.yaml, bits.png
@@ -109,7 +111,7 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
 
     model = overrides.pop("model", None)
     if mode in NEEDS_MODEL and not model:
-        raise SyntaxError(f"'ghost {mode}' needs model=path/to/best.pt (or .onnx for val/predict)")
+        raise SyntaxError(f"'ghost {mode}' needs model=path/to/best.pt (or .onnx / .ghost for val/predict)")
     if mode == "predict" and overrides.get("source") is None:
         raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
     source = overrides.pop("source", None) if mode == "predict" else None

@@ -228,3 +228,17 @@ def test_legacy_model_calibrates_output_grids(trained, synth_yaml, log):
     assert "without out_quant=True" in log.text
     x = _val_images(synth_yaml, 2)
     assert _ort(f, x).shape == _fused(model)(x)[0].shape
+
+
+def test_dynamic_integer_onnx(w4_model, synth_yaml):
+    """dynamic=True: the integer graph runs at other batch sizes and image sizes, matching PyTorch."""
+    import onnxruntime as ort
+
+    f = w4_model.export(format="onnx", imgsz=IMGSZ, data=str(synth_yaml), dynamic=True, simplify=True)
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = torch.nn.functional.interpolate(_val_images(synth_yaml, 2), size=(IMGSZ + 32, IMGSZ), mode="bilinear")
+    y_ort = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        y_pt = _fused(w4_model)(x)[0].numpy()
+    assert y_ort.shape == y_pt.shape and y_ort.shape[0] == 2
+    assert np.mean(np.abs(y_pt[:, 4:] - y_ort[:, 4:]) < 0.01) > 0.99

@@ -9,7 +9,8 @@ without that the graph runs slower than float. That output grid is the one step 
 calibrated per layer to the least squared error, and the parity tests bound what it changes.
 
 ``finalize_qdq`` then rewrites the exported file: the quantized weight constants become int8 initializers (INT4 with
-``int4=True``, opset 21), with no QuantizeLinear left on constants.
+``int4=True``, opset 21), with no QuantizeLinear left on constants; sub-8-bit input grids saturate with a one-byte
+``Min`` after quantizing; SiLU becomes onnxruntime's ``QuickGelu`` so each dequantized conv output is read once.
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
         g.node.remove(n)
     g.initializer.extend(new_inits)
     counts["saturations"] = _clip_to_saturation(g)
+    counts["silu"] = _fuse_silu(g)
+    if counts["silu"] and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     for t in [t for t in g.initializer if t.name not in used]:  # the float weights the Q nodes read
         g.initializer.remove(t)
@@ -232,6 +236,32 @@ def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
         raise RuntimeError(f"the QDQ graph still computes ranges at run time ({', '.join(dynamic)})")
     onnx.save(model, str(path))
     return counts
+
+
+def _fuse_silu(g: Any) -> int:
+    """Write ``Mul(x, Sigmoid(x))`` as onnxruntime's ``com.microsoft.QuickGelu(x, alpha=1)`` (the same SiLU).
+
+    onnxruntime makes this fusion itself in float graphs, but not after a DequantizeLinear: there it gives the Sigmoid
+    and the Mul a DequantizeLinear each. One op reads the conv's dequantized output once (about 15 % of the latency of
+    a quantized ghost-n).
+    """
+    from onnx import helper
+
+    producer = {o: n for n in g.node for o in n.output}
+    done = 0
+    for mul in [n for n in g.node if n.op_type == "Mul"]:
+        for x, other in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+            sig = producer.get(other)
+            if sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == x:
+                silu = helper.make_node("QuickGelu", [x], [mul.output[0]], name=f"{mul.name}_silu",
+                                        domain="com.microsoft", alpha=1.0)
+                g.node.insert(list(g.node).index(mul), silu)
+                g.node.remove(mul)
+                if not any(sig.output[0] in n.input for n in g.node):
+                    g.node.remove(sig)
+                done += 1
+                break
+    return done
 
 
 def _clip_to_saturation(g: Any) -> int:

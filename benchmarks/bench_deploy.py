@@ -1,0 +1,242 @@
+"""Quantized deployment benchmark: integer ONNX latency, sizes, parity, and QAT export vs onnxruntime's own PTQ.
+
+One run, side by side, onnxruntime on 2 threads:
+
+1. Accuracy on vedai-synth val (imgsz 256): each ghost-yolo QAT model (W8, HQ, W4; trained from one float base with
+   the default out_quant=True) as PyTorch (fused fake-quant) and as integer ONNX in onnxruntime, with the detection
+   match rate between the two (box IoU > 0.95, same class, confidence within 0.01, conf >= 0.25); onnxruntime's
+   static post-training quantization of the float model (Conv nodes, per-channel int8 weights, uint8 activations, the
+   same calibration images as ghost's export; and int4 weights where onnxruntime offers it).
+2. Latency at imgsz 256 and 512: every ONNX vs the float ONNX of the same architecture, interleaved medians.
+3. File sizes: float ONNX, integer ONNX (int8 and INT4), packed .ghost, and the method's quantized size.
+
+    python benchmarks/bench_deploy.py --weights fp.pt                 # trains the three QAT arms (3 epochs each)
+    python benchmarks/bench_deploy.py --weights fp.pt --arm W8=a.pt --arm HQ=b.pt --arm W4=c.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from bench_quant import make_data, train_arm
+
+from ghost_yolo import GhostYOLO
+
+ARM_BITS = {"W8": 8, "HQ": "hq", "W4": 4}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p.add_argument("--weights", type=Path, help="float vedai-synth model (default: train one, --fp-epochs)")
+    p.add_argument("--arm", action="append", default=[], help="LABEL=path of a trained QAT arm (W8, HQ, W4)")
+    p.add_argument("--fp-epochs", type=int, default=15, help="float epochs when no --weights (15)")
+    p.add_argument("--q-epochs", type=int, default=3, help="QAT epochs of each arm trained here (3)")
+    p.add_argument("--hq-threshold", type=float, default=2.0, help="HQ threshold (2.0: ~4.8 bits on ghost-n)")
+    p.add_argument("--imgsz", type=int, default=256, help="accuracy image size (256, the training size)")
+    p.add_argument("--latency-sizes", type=int, nargs="+", default=[256, 512], help="latency image sizes")
+    p.add_argument("--reps", type=int, default=30, help="interleaved latency repetitions (30)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images for onnxruntime PTQ (32)")
+    p.add_argument("--batch", type=int, default=16, help="training batch (16)")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads (2)")
+    p.add_argument("--workdir", type=Path, help="data and runs (default: a temporary directory)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/deploy.md"), help="markdown tables")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.fp_epochs, a.q_epochs, a.imgsz, a.latency_sizes, a.reps, a.calib = 1, 1, 128, [128], 5, 8
+    return a
+
+
+def session(path: str | Path, threads: int):
+    """An onnxruntime CPU session with a fixed thread count."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def calibration_arrays(data_yaml: Path, imgsz: int, n: int) -> list[np.ndarray]:
+    """The calibration images ghost's export uses (first n val pairs, letterboxed), one (1, 4, H, W) array each."""
+    from ghost_yolo.engine.exporter import GhostExporter
+
+    ex = GhostExporter(overrides={"imgsz": imgsz, "mode": "export"}, calib=n, calib_data=str(data_yaml),
+                       modality="rgb+ir")
+    ex.imgsz, ex.device = [imgsz, imgsz], torch.device("cpu")
+    return [im[None].numpy() for b in ex.calibration_images() for im in b]
+
+
+def ort_ptq(float_onnx: Path, out: Path, calib: list[np.ndarray], weight_bits: int) -> Path | None:
+    """onnxruntime static PTQ of the float ONNX (Conv nodes, per-channel weights, QDQ); None if unsupported."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"images": x}
+
+        def rewind(self):
+            self.it = iter(calib)
+
+    exclude = [n.name for n in onnx.load(str(float_onnx)).graph.node if n.op_type != "Conv"]
+    wtype = QuantType.QInt8 if weight_bits == 8 else QuantType.QInt4
+    try:
+        quantize_static(str(float_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=wtype, activation_type=QuantType.QUInt8, nodes_to_exclude=exclude)
+    except Exception as e:  # int4 conv weights are not offered by every onnxruntime
+        print(f"  onnxruntime PTQ W{weight_bits}: not available ({type(e).__name__}: {str(e)[:120]})")
+        return None
+    return out
+
+
+def onnx_map50(path: Path, data_yaml: Path, imgsz: int) -> float:
+    """mAP50 (%) of an ONNX model on the val split through ghost's validator."""
+    m = GhostYOLO(path).val(data=str(data_yaml), imgsz=imgsz, batch=1, plots=False, verbose=False)
+    return 100 * float(m.box.map50)
+
+
+def match_rate(pt: GhostYOLO, onnx_path: Path, data_yaml: Path, imgsz: int) -> tuple[float, int]:
+    """Fraction of PyTorch detections (conf >= 0.25) that onnxruntime reproduces: IoU > 0.95, class, conf +- 0.01."""
+    from ultralytics.utils.metrics import box_iou
+
+    src = [str(p) for p in sorted((Path(data_yaml).parent / "images" / "val").glob("*_co.png"))]
+    kw = {"imgsz": imgsz, "conf": 0.25, "verbose": False, "stream": True}
+    ok = total = 0
+    for a, b in zip(pt.predict(src, **kw), GhostYOLO(onnx_path).predict(src, **kw)):
+        for box, conf, cls in zip(a.boxes.xyxy, a.boxes.conf, a.boxes.cls):
+            total += 1
+            if len(b.boxes):
+                iou, j = box_iou(box[None], b.boxes.xyxy)[0].max(0)
+                ok += bool(iou > 0.95 and b.boxes.cls[j] == cls and abs(b.boxes.conf[j] - conf) < 0.01)
+    return ok / max(total, 1), total
+
+
+def export_onnx(weights: Path, imgsz: int, data_yaml: Path, out: Path, **kw) -> Path:
+    """Export ``weights`` at ``imgsz`` to ONNX and move it to ``out``."""
+    f = Path(GhostYOLO(weights).export(format="onnx", imgsz=imgsz, data=str(data_yaml), simplify=True, **kw))
+    return Path(f.replace(out))
+
+
+def latency(paths: dict[str, Path], imgsz: int, reps: int, threads: int) -> dict[str, float]:
+    """Median ms per image of every model, runs interleaved so drifts hit all alike."""
+    sessions = {k: session(p, threads) for k, p in paths.items()}
+    x = np.random.default_rng(0).random((1, 4, imgsz, imgsz), dtype=np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, {"images": x})
+    for _ in range(reps):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {"images": x})
+            times[k].append(time.perf_counter() - t)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train or take the arms, then accuracy/parity, latency and size tables; print and save markdown."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-deploy-")
+        args.workdir = Path(tmp.name)
+    wd = args.workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    print(f"ghost-yolo deployment benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | {wd}")
+    t0 = time.time()
+    data_yaml = make_data(wd, args.quick, args.imgsz)
+    fp = args.weights or train_arm("ghost-n.yaml", data_yaml, wd / "runs", "fp", args.fp_epochs, args, bits=32,
+                                   kd="none") / "weights/best.pt"
+    given = dict(a.split("=", 1) for a in args.arm)
+    arms = {}
+    for label, bits in ARM_BITS.items():
+        kw = {"hq_threshold": args.hq_threshold} if bits == "hq" else {}
+        arms[label] = Path(given[label]) if label in given else train_arm(
+            fp, data_yaml, wd / "runs", label.lower(), args.q_epochs, args, bits=bits, kd="ost", **kw) / "weights/best.pt"
+    onnx_dir = wd / "onnx"
+    onnx_dir.mkdir(exist_ok=True)
+    calib = calibration_arrays(data_yaml, args.imgsz, args.calib)
+
+    # 1. accuracy and parity at the training size
+    float_onnx = export_onnx(fp, args.imgsz, data_yaml, onnx_dir / f"float_{args.imgsz}.onnx")
+    rows = ["| model | weights | PyTorch mAP50 | onnxruntime mAP50 | detections reproduced | ONNX MB | .ghost MB | "
+            "method MB |", "|---|---|---|---|---|---|---|---|"]
+    fp_map = onnx_map50(float_onnx, data_yaml, args.imgsz)
+    rows.append(f"| float | fp32 | – | {fp_map:.1f} | – | {float_onnx.stat().st_size / 1e6:.2f} | – | – |")
+    q_onnx = {}
+    for label, w in arms.items():
+        model = GhostYOLO(w)
+        pt = 100 * float(model.val(data=str(data_yaml), imgsz=args.imgsz, batch=1, rect=False, plots=False,
+                                   verbose=False).box.map50)
+        f8 = export_onnx(w, args.imgsz, data_yaml, onnx_dir / f"{label}_{args.imgsz}.onnx")
+        f4 = export_onnx(w, args.imgsz, data_yaml, onnx_dir / f"{label}_{args.imgsz}_int4.onnx", int4=True)
+        packed = Path(GhostYOLO(w).export(format="ghost"))
+        totals = model.quant_info(imgsz=args.imgsz, save=False, verbose=False).attrs["totals"]
+        ox = onnx_map50(f8, data_yaml, args.imgsz)
+        rate, n = match_rate(model, f8, data_yaml, args.imgsz)
+        q_onnx[label] = f8
+        rows.append(f"| ghost {label} QAT | {totals['avg_w_bits']:.2f} bit | {pt:.1f} | {ox:.1f} (Δ {ox - pt:+.2f}) | "
+                    f"{100 * rate:.1f}% of {n} | {f8.stat().st_size / 1e6:.2f} (INT4: {f4.stat().st_size / 1e6:.2f}) "
+                    f"| {packed.stat().st_size / 1e6:.2f} | {totals['size_mb']:.2f} |")
+    ptq = {}
+    for wb in (8, 4):
+        out = ort_ptq(float_onnx, onnx_dir / f"ort_ptq_w{wb}_{args.imgsz}.onnx", calib, wb)
+        if out:
+            ptq[wb] = out
+            rows.append(f"| onnxruntime static PTQ W{wb}A8 | {wb} bit | – | {onnx_map50(out, data_yaml, args.imgsz):.1f} | "
+                        f"– | {out.stat().st_size / 1e6:.2f} | – | – |")
+    acc = [f"Accuracy on vedai-synth val ({'16' if args.quick else '100'} pairs), imgsz {args.imgsz}; QAT arms: "
+           f"{args.q_epochs} epochs each from one float base, OST, out_quant=True; PTQ calibrated on the same "
+           f"{len(calib)} val images ghost's export uses.", "", *rows]
+
+    # 2. latency
+    lat = ["| model | " + " | ".join(f"{s} px ms | vs float" for s in args.latency_sizes) + " |",
+           "|---|" + "---|---|" * len(args.latency_sizes)]
+    res = {}
+    for s in args.latency_sizes:
+        paths = {"float": float_onnx if s == args.imgsz else export_onnx(fp, s, data_yaml, onnx_dir / f"float_{s}.onnx")}
+        for label, w in arms.items():
+            paths[f"ghost {label}"] = q_onnx[label] if s == args.imgsz else export_onnx(
+                w, s, data_yaml, onnx_dir / f"{label}_{s}.onnx")
+        for wb in ptq:
+            paths[f"onnxruntime PTQ W{wb}A8"] = ptq[wb] if s == args.imgsz else ort_ptq(
+                paths["float"], onnx_dir / f"ort_ptq_w{wb}_{s}.onnx", calibration_arrays(data_yaml, s, args.calib), wb)
+        res[s] = latency(paths, s, args.reps, args.threads)
+    for k in res[args.latency_sizes[0]]:
+        lat.append(f"| {k} | " + " | ".join(f"{res[s][k]:.1f} | {res[s][k] / res[s]['float']:.2f}x"
+                                             for s in args.latency_sizes) + " |")
+    verdicts = []
+    for s in args.latency_sizes:
+        for label in arms:
+            r = res[s][f"ghost {label}"] / res[s]["float"]
+            verdicts.append(f"ghost {label} at {s} px: {r:.2f}x float, target <= 0.75x: {'PASS' if r <= 0.75 else 'FAIL'}")
+    lat_head = [f"onnxruntime CPU, {args.threads} threads, batch 1, median of {args.reps} interleaved runs."]
+    lines = [*acc, "", *lat_head, "", *lat, "", *[f"- {v}" for v in verdicts], "", f"({time.time() - t0:.0f} s)"]
+    md = ["# Quantized deployment (benchmarks/bench_deploy.py)", "", *lines]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(md) + "\n", encoding="utf-8")
+    print("\n" + "\n".join(lines) + f"\n(saved to {args.out})")
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
