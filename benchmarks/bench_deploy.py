@@ -81,7 +81,12 @@ def calibration_arrays(data_yaml: Path, imgsz: int, n: int) -> list[np.ndarray]:
 def ort_ptq(float_onnx: Path, out: Path, calib: list[np.ndarray], weight_bits: int) -> Path | None:
     """onnxruntime static PTQ of the float ONNX (Conv nodes, per-channel weights, QDQ); None if unsupported."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

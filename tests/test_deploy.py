@@ -14,8 +14,20 @@ from conftest import IMGSZ
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.nn.qconv import QConv2d, QuantAct
-from ghost_yolo.quant import calibrate, cost_totals, layer_costs, quant_layers, quantize_model
-from ghost_yolo.quant.packed import MAGIC, PackedFormatError, load_packed, pack_codes, unpack_codes
+from ghost_yolo.quant import (
+    calibrate,
+    cost_totals,
+    layer_costs,
+    quant_layers,
+    quantize_model,
+)
+from ghost_yolo.quant.packed import (
+    MAGIC,
+    PackedFormatError,
+    load_packed,
+    pack_codes,
+    unpack_codes,
+)
 from ghost_yolo.quant.qdq import QDQConv, active_qconvs
 
 
