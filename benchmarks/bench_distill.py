@@ -91,7 +91,7 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
     for name in names:
         m = deepcopy(base)
         if name != "float":
-            quantize_model(m, bits=4)
+            quantize_model(m, bits=4, out_quant=_defaults()["out_quant"])  # as the trainer does
             calibrate(m, batch["img"])
         if name == "QAT+OST":
             layers = default_kd_layers(m)
@@ -100,10 +100,14 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
     return arms
 
 
-def _kd_weight() -> float:
+def _defaults() -> dict:
     from ghost_yolo.cfg import ghost_defaults
 
-    return ghost_defaults()["kd_weight"]
+    return ghost_defaults()
+
+
+def _kd_weight() -> float:
+    return _defaults()["kd_weight"]
 
 
 def make_step(m: torch.nn.Module, batch: dict):
