@@ -191,6 +191,8 @@ def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
         if x is None:
             continue
         scale, zp = _const(g, n.input[1]), _const(g, n.input[2]) if len(n.input) > 2 else None
+        if scale is None or (zp is not None and zp.dtype != np.int8):  # only the int8 weight grids are folded
+            continue
         axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
         shape = [1] * x.ndim
         if scale.ndim:
