@@ -109,7 +109,7 @@ def ort_ptq(float_onnx: Path, out: Path, calib: list[np.ndarray], weight_bits: i
     try:
         quantize_static(str(float_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=wtype, activation_type=QuantType.QUInt8, nodes_to_exclude=exclude)
-    except Exception as e:  # int4 conv weights are not offered by every onnxruntime
+    except Exception as e:  # noqa: BLE001 -- int4 conv weights are not offered by every onnxruntime
         print(f"  onnxruntime PTQ W{weight_bits}: not available ({type(e).__name__}: {str(e)[:120]})")
         return None
     return out
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. accuracy and parity at the training size
     float_onnx = export_onnx(fp, args.imgsz, data_yaml, onnx_dir / f"float_{args.imgsz}.onnx")
-    rows = ["| model | weights | PyTorch mAP50 | onnxruntime mAP50 | detections reproduced | scores within 0.01: "
-            "onnxruntime / PyTorch fp64 | ONNX MB | .ghost MB | method MB |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| model | weights | PyTorch mAP50 | onnxruntime mAP50 | detections reproduced | scores within 0.01: "
+            "onnxruntime / PyTorch fp64 | ONNX MB | .ghost MB | method MB |"), "|---|---|---|---|---|---|---|---|---|"]
     fp_map = onnx_map50(float_onnx, data_yaml, args.imgsz)
     rows.append(f"| float | fp32 | – | {fp_map:.1f} | – | – | {float_onnx.stat().st_size / 1e6:.2f} | – | – |")
     q_onnx = {}
@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             ptq[wb] = out
             rows.append(f"| onnxruntime static PTQ W{wb}A8 | {wb} bit | – | {onnx_map50(out, data_yaml, args.imgsz):.1f} | "
                         f"– | – | {out.stat().st_size / 1e6:.2f} | – | – |")
-    acc = [f"Accuracy on vedai-synth val ({'16' if args.quick else '100'} pairs), imgsz {args.imgsz}; QAT arms: "
+    acc = [(f"Accuracy on vedai-synth val ({'16' if args.quick else '100'} pairs), imgsz {args.imgsz}; QAT arms: "
            f"{args.q_epochs} epochs each from one float base, OST, out_quant=True; PTQ calibrated on the same "
-           f"{len(calib)} val images ghost's export uses.", "", *rows]
+           f"{len(calib)} val images ghost's export uses."), "", *rows]
 
     # 2. latency
     lat = ["| model | " + " | ".join(f"{s} px ms | vs float (median of per-round ratios)" for s in args.latency_sizes) + " |",

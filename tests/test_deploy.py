@@ -170,7 +170,7 @@ def test_packed_round_trip_and_size(w4_model, qtrained, tmp_path, synth_yaml):
         size_mb = cost_totals(model.model, layer_costs(model.model, IMGSZ))["size_mb"]
         header = 64e-3  # JSON header: YAML, names, tensor table (MB)
         assert f.stat().st_size / 1e6 <= 1.1 * size_mb + header
-    res = loaded.predict(str(sorted((synth_yaml.parent / "images" / "val").glob("*_co.png"))[0]), imgsz=IMGSZ,
+    res = loaded.predict(str(min((synth_yaml.parent / "images" / "val").glob("*_co.png"))), imgsz=IMGSZ,
                          conf=0.001, verbose=False)
     assert len(res) == 1 and res[0].ir_img is not None
     met = loaded.val(data=str(synth_yaml), imgsz=IMGSZ, batch=4, plots=False, project=str(tmp_path), name="v")
