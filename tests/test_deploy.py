@@ -212,6 +212,15 @@ def test_corrupt_packed_files(w4_model, tmp_path):
         load_packed(other)
 
 
+def test_cli_export_packed_and_val(qtrained, synth_yaml, tmp_path):
+    """`ghost export format=ghost` then `ghost val model=best.ghost`, as a user types them."""
+    pt = qtrained / "weights" / "best.pt"
+    assert entrypoint(f"export model={pt} format=ghost") == 0
+    packed = pt.with_suffix(".ghost")
+    assert packed.is_file()
+    assert entrypoint(f"val model={packed} data={synth_yaml} imgsz={IMGSZ} batch=4 plots=False project={tmp_path}") == 0
+
+
 def test_export_errors(trained, synth_yaml, log):
     """A float model cannot be packed or stored as INT4; DoReFa 8-bit codes do not fit int8; CLI says so in a line."""
     model = GhostYOLO(trained / "weights" / "best.pt")
