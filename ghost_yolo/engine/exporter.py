@@ -1,9 +1,9 @@
 """GhostExporter: Ultralytics' Exporter, writing integer QDQ ONNX for quantized models.
 
-Float models export exactly as with Ultralytics. For a quantized model, ``export_onnx`` calibrates the 8-bit output
-grids of the block convs on a few images of the model's data, swaps every quantized conv for its Q/DQ form
-(``ghost_yolo.quant.qdq``), lets Ultralytics trace, simplify and add metadata, then stores the weights as int8 (or
-INT4) initializers.
+Float models export exactly as with Ultralytics. For a quantized model, ``export_onnx`` takes the 8-bit output grids
+of the block convs from training (``out_quant=True``; older models get them fitted on a few images of the model's
+data), swaps every quantized conv for its Q/DQ form (``ghost_yolo.quant.qdq``), lets Ultralytics trace, simplify and
+add metadata, then stores the weights as int8 (or INT4) initializers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class GhostExporter(Exporter):
 
     Args:
         int4 (bool): Store weights of layers at 4 bits or less as INT4 initializers (opset 21).
-        calib (int): Images used to calibrate the block convs' 8-bit output grids.
+        calib (int): Images that fit the block convs' 8-bit output grids of models trained without ``out_quant``.
         calib_data (str | None): Data YAML the calibration images come from (its val split).
         modality (str): Input modality of the model (selects the paired channels).
     """
@@ -61,7 +61,7 @@ class GhostExporter(Exporter):
             yield torch.stack([dataset[j]["img"] for j in range(i, min(i + 8, n))]).to(self.device).float() / 255
 
     def export_onnx(self, prefix: str = colorstr("ONNX:")):
-        """Float models: Ultralytics' export. Quantized models: calibrate, swap to Q/DQ, export, integer weights."""
+        """Float models: Ultralytics' export. Quantized models: output grids, swap to Q/DQ, export, integer weights."""
         qconvs = active_qconvs(self.model)
         if not qconvs:
             if self.int4:

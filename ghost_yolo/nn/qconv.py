@@ -102,7 +102,8 @@ class QConv2d(nn.Conv2d):
 
     @torch.no_grad()
     def fold_bn(self, bn: nn.BatchNorm2d) -> None:
-        """Fold a following BatchNorm into this conv after quantizing the weight, so fused == unfused.
+        """Fold a following BatchNorm into this conv after quantizing the weight, so fused == unfused (the bias moves
+        onto the int32 accumulator grid, at most half an accumulator step, as integer runtimes hold it).
 
         Folding before quantizing would change the grid (and is wrong for quantizers that are not scale-equivariant
         such as DoReFa). The folded weight is ``codes * s_c * gamma_c / sigma_c`` per channel: it stays on an integer

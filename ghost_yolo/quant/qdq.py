@@ -3,10 +3,10 @@
 A fused quantized model computes ``conv(Q_in(x), codes * scale)`` in float. For ONNX each active ``QConv2d`` becomes a
 ``QDQConv``: its input goes through QuantizeLinear/DequantizeLinear (uint8, the layer's own step and zero point; a
 Clip first for sub-8-bit grids), its weight through DequantizeLinear of int8 codes with per-channel scales. The
-convs inside ``Conv`` blocks (conv -> activation) also quantize their output to 8 bit with a range calibrated on
-images: onnxruntime only runs a conv in integer arithmetic (``QLinearConv``) when a QuantizeLinear follows it, and
-without that the graph runs slower than float. That output grid is the one step that training did not simulate; it is
-calibrated per layer to the least squared error, and the parity tests bound what it changes.
+convs inside ``Conv`` blocks (conv -> activation) also quantize their output to 8 bit: onnxruntime only runs a conv in
+integer arithmetic (``QLinearConv``) when a QuantizeLinear follows it, and without that the graph runs slower than
+float. Models trained with ``out_quant=True`` learned that grid (``QuantAct``), so the graph computes what training
+validated; for older models it is fitted per layer on images to the least squared error (``calibrate_outputs``).
 
 ``finalize_qdq`` then rewrites the exported file: the quantized weight constants become int8 initializers (INT4 with
 ``int4=True``, opset 21), with no QuantizeLinear left on constants; sub-8-bit input grids saturate with a one-byte
