@@ -75,12 +75,9 @@ def session(path: str | Path, threads: int):
 
 def calibration_arrays(data_yaml: Path, imgsz: int, n: int) -> list[np.ndarray]:
     """The calibration images ghost's export uses (first n val pairs, letterboxed), one (1, 4, H, W) array each."""
-    from ghost_yolo.engine.exporter import GhostExporter
+    from ghost_yolo.data.check import calibration_batches
 
-    ex = GhostExporter(overrides={"imgsz": imgsz, "mode": "export"}, calib=n, calib_data=str(data_yaml),
-                       modality="rgb+ir")
-    ex.imgsz, ex.device = [imgsz, imgsz], torch.device("cpu")
-    return [im[None].numpy() for b in ex.calibration_images() for im in b]
+    return [im[None].numpy() for b in calibration_batches(data_yaml, imgsz, n, "rgb+ir") for im in b]
 
 
 def ort_ptq(float_onnx: Path, out: Path, calib: list[np.ndarray], weight_bits: int) -> Path | None:

@@ -103,3 +103,24 @@ def build_dataset(cfg: Any, img_path: str, batch: int, data: dict[str, Any], mod
         modality=data["modality"],
         ir_jitter=getattr(cfg, "ir_jitter", 0.0) or 0.0,
     )
+
+
+def calibration_batches(data: str | Path, imgsz: int, n: int, modality: str | None = None, batch: int = 8):
+    """The first ``n`` val pairs of ``data``, letterboxed to ``imgsz`` as at validation, as float CPU batches in [0, 1].
+
+    What integer export fits output grids on, and what a benchmark gives onnxruntime's own calibration.
+    """
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    from ghost_yolo.cfg import ghost_defaults
+
+    d = check_data(data, modality)
+    cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "mode": "val", "data": str(data)})
+    for k, v in {**ghost_defaults(), "modality": modality}.items():
+        setattr(cfg, k, v)
+    dataset = build_dataset(cfg, d.get("val") or d["train"], batch, d, mode="val", stride=32)
+    n = min(n, len(dataset))
+    for i in range(0, n, batch):
+        yield torch.stack([dataset[j]["img"] for j in range(i, min(i + batch, n))]).float() / 255

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from ultralytics.cfg import get_cfg
 from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import DEFAULT_CFG, LOGGER, colorstr
 
-from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.quant.qdq import (
     active_qconvs,
     calibrate_outputs,
@@ -45,20 +43,13 @@ class GhostExporter(Exporter):
 
     def calibration_images(self) -> Iterator[torch.Tensor]:
         """Letterboxed val images of the calibration data, as float batches in [0, 1] on the export device."""
-        from ghost_yolo.data.check import build_dataset, check_data
+        from ghost_yolo.data.check import calibration_batches
 
         if not self.calib_data:
             raise ValueError("integer ONNX export calibrates the convs' output ranges on images: pass data=your.yaml "
                              "(the model does not name its training data)")
-        data = check_data(self.calib_data, self.modality)
-        cfg = get_cfg(DEFAULT_CFG, {"imgsz": self.imgsz[0], "mode": "val", "data": self.calib_data})
-        for k, v in ghost_defaults().items():
-            setattr(cfg, k, v)
-        cfg.modality = self.modality
-        dataset = build_dataset(cfg, data.get("val") or data["train"], 8, data, mode="val", stride=32)
-        n = min(self.calib, len(dataset))
-        for i in range(0, n, 8):
-            yield torch.stack([dataset[j]["img"] for j in range(i, min(i + 8, n))]).to(self.device).float() / 255
+        for b in calibration_batches(self.calib_data, self.imgsz[0], self.calib, self.modality):
+            yield b.to(self.device)
 
     def export_onnx(self, prefix: str = colorstr("ONNX:")):
         """Float models: Ultralytics' export. Quantized models: output grids, swap to Q/DQ, export, integer weights."""

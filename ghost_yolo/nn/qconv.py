@@ -122,7 +122,7 @@ class QConv2d(nn.Conv2d):
                 self.fold_scale = self.fold_scale * factor
         self.weight = nn.Parameter(w.detach(), requires_grad=False)
         b = bn.bias + (bias - bn.running_mean) * factor
-        if self.weight_quant.active and self.input_quant.active and hasattr(self.input_quant, "qparams"):
+        if self.weight_quant.active and self.input_quant.active:
             # integer runtimes add the bias to the int32 accumulator: put it on that grid (input step x weight scale)
             acc = self.input_quant.qparams()[0] * self.fold_scale.abs()
             b = torch.round(b / acc) * acc

@@ -117,7 +117,7 @@ def save_packed(model: nn.Module, path: str | Path, names: dict | None = None, a
     path = Path(path)
     path.write_bytes(MAGIC + struct.pack("<I", len(raw)) + raw + payload)
     mb = path.stat().st_size / 1e6
-    totals = cost_totals(model, layer_costs(model, 640))
+    totals = cost_totals(model, layer_costs(model, 64))  # sizes do not depend on the image size
     LOGGER.info(f"{colorstr('ghost:')} packed {len(packed)} quantized convs -> {path} ({mb:.3f} MB; the method's "
                 f"quantized size is {totals['size_mb']:.3f} MB, float {totals['float_mb']:.3f} MB)")
     return path

@@ -40,17 +40,16 @@ def active_qconvs(model: nn.Module) -> dict[str, QConv2d]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QConv2d) and m.weight_quant.active}
 
 
+def _block_convs(model: nn.Module) -> dict[str, Conv]:
+    """``{conv name: its Conv block}`` for the active quantized convs inside a ``Conv`` block (conv -> act): those
+    get an 8-bit output grid."""
+    qconvs = active_qconvs(model)
+    return {f"{n}.conv": m for n, m in model.named_modules() if isinstance(m, Conv) and f"{n}.conv" in qconvs}
+
+
 def trained_output_grids(model: nn.Module) -> dict[str, tuple[float, int]]:
     """``{conv name: (step, zero point)}`` of the output grids learned in QAT (``out_quant=True``), active convs only."""
-    qconvs = active_qconvs(model)
-    return {f"{n}.conv": m.act.quant.qparams()[:2] for n, m in model.named_modules()
-            if isinstance(m, Conv) and isinstance(m.act, QuantAct) and f"{n}.conv" in qconvs}
-
-
-def _output_quantized(model: nn.Module) -> set[str]:
-    """Names of the active quantized convs inside a ``Conv`` block (conv -> act): those get an 8-bit output grid."""
-    qconvs = active_qconvs(model)
-    return {f"{n}.conv" for n, m in model.named_modules() if isinstance(m, Conv) and f"{n}.conv" in qconvs}
+    return {n: b.act.quant.qparams()[:2] for n, b in _block_convs(model).items() if isinstance(b.act, QuantAct)}
 
 
 @torch.no_grad()
@@ -59,7 +58,7 @@ def calibrate_outputs(model: nn.Module, images: Iterable[torch.Tensor]) -> dict[
 
     ``model`` is the fused quantized model, ``images`` float batches in [0, 1] of its input channels.
     """
-    names = _output_quantized(model)
+    names = set(_block_convs(model))
     modules = dict(model.named_modules())
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
@@ -146,17 +145,14 @@ def to_qdq(model: nn.Module, out_ranges: dict[str, tuple[float, int]]) -> dict[s
     return bits
 
 
-def _const(graph: Any, name: str) -> np.ndarray | None:
-    """The value of an initializer or Constant node output, else None."""
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """Values of the graph's initializers and Constant node outputs, by name (read once per pass)."""
     from onnx import numpy_helper
 
-    for t in graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    return None
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    out.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return out
 
 
 def _pack_int4(q: np.ndarray) -> bytes:
@@ -184,13 +180,14 @@ def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     remove, new_inits, counts = [], [], {"int8": 0, "int4": 0}
+    consts = _constants(g)
     for n in g.node:
         if n.op_type != "QuantizeLinear":
             continue
-        x = _const(g, n.input[0])
+        x = consts.get(n.input[0])
         if x is None:
             continue
-        scale, zp = _const(g, n.input[1]), _const(g, n.input[2]) if len(n.input) > 2 else None
+        scale, zp = consts.get(n.input[1]), consts.get(n.input[2]) if len(n.input) > 2 else None
         if scale is None or (zp is not None and zp.dtype != np.int8):  # only the int8 weight grids are folded
             continue
         axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
@@ -220,7 +217,7 @@ def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
     for n in remove:
         g.node.remove(n)
     g.initializer.extend(new_inits)
-    counts["saturations"] = _clip_to_saturation(g)
+    counts["saturations"] = _clip_to_saturation(g, consts)
     counts["silu"] = _fuse_silu(g)
     if counts["silu"] and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -266,7 +263,7 @@ def _fuse_silu(g: Any) -> int:
     return done
 
 
-def _clip_to_saturation(g: Any) -> int:
+def _clip_to_saturation(g: Any, consts: dict[str, np.ndarray]) -> int:
     """Turn ``Clip(x, lo, hi) -> QuantizeLinear`` (a sub-8-bit grid) into ``QuantizeLinear -> Clip(q, 0, top code)``.
 
     The same codes (the lower bound is code 0, where uint8 saturates anyway), but the clamp runs on one byte per value
@@ -284,7 +281,7 @@ def _clip_to_saturation(g: Any) -> int:
         clip = producer.get(q.input[0])
         if clip is None or clip.op_type != "Clip" or uses[clip.output[0]] != 1 or len(clip.input) < 3:
             continue
-        scale, zero, hi = _const(g, q.input[1]), _const(g, q.input[2]), _const(g, clip.input[2])
+        scale, zero, hi = consts.get(q.input[1]), consts.get(q.input[2]), consts.get(clip.input[2])
         if scale is None or zero is None or hi is None or scale.ndim:
             continue
         top = int(np.rint(float(hi) / float(scale))) + int(zero)
