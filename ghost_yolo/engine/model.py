@@ -26,9 +26,9 @@ from .validator import GhostValidator
 # What bare `ghost train` runs: the whole GHOST pipeline (float warm-up, HQ search, QAT with OST self-distillation) on
 # the built-in synthetic set, sized to finish in under 10 minutes on 2 CPU cores. fp_epochs only applies with the
 # demo's own epochs (with epochs=N it is the default, N // 2).
-EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
 DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 15, "fp_epochs": 10, "batch": 16, "warmup_epochs": 1,
              "close_mosaic": 3}
+EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
 
 
 class GhostYOLO(Model):
