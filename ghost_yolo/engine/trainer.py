@@ -46,6 +46,7 @@ from ghost_yolo.quant import (
     set_bits,
     set_quant_enabled,
 )
+from ghost_yolo.utils.allocator import reuse_freed_memory
 from ghost_yolo.utils.plotting import plot_gates, plot_paired_images
 
 from .validator import GhostValidator
@@ -61,6 +62,11 @@ class GhostTrainer(DetectionTrainer):
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Merge ghost defaults under the given cfg so ghost keys pass Ultralytics' key check."""
         super().__init__({**ghost_defaults(), **cfg2dict(cfg)}, overrides, _callbacks)
+
+    def _do_train(self):
+        """Ultralytics' training loop; on CPU, freed activation memory is kept for reuse (``utils.allocator``)."""
+        with reuse_freed_memory(self.device.type == "cpu"):
+            return super()._do_train()
 
     def get_dataset(self) -> dict[str, Any]:
         """Resolve shipped/generated data, run Ultralytics' checks, then settle modality and channels."""
@@ -142,7 +148,8 @@ class GhostTrainer(DetectionTrainer):
                              "or kd=none")
         layers = parse_kd_layers(self.args.kd_layers, model)
         distiller = OSTDistiller(layers, feature_channels(model, layers), weight=float(self.args.kd_weight),
-                                 gate=bool(self.args.kd_gate), tau=float(self.args.kd_tau))
+                                 gate=bool(self.args.kd_gate), tau=float(self.args.kd_tau),
+                                 bf16_teacher=None if self.args.amp not in (False, "fp32") else False)
         if teacher:
             distiller.teacher = load_teacher(teacher, model, layers, device=self.device)
         model.distiller = distiller
