@@ -8,6 +8,7 @@ them). ``teacher=path.pt`` loads a frozen float model of the same architecture i
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,7 @@ def bn_stats_frozen(model: nn.Module) -> Iterator[None]:
             bn.track_running_stats = True
 
 
+@functools.cache
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where a bf16 conv is about twice as fast."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -64,6 +64,6 @@ def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
 
 
 def _restore(libc: ctypes.CDLL) -> None:
-    """glibc's default mmap use and trim threshold."""
+    """glibc's default mmap count and trim threshold (as fixed values: glibc's adaptive thresholds stay off)."""
     libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
     libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
