@@ -187,7 +187,8 @@ class OSTDistiller(nn.Module):
         """The teacher's features at ``self.layers`` for ``img``: no gradient, the student's BN statistics untouched."""
         net = self.teacher.module if self.teacher else model
         frozen = contextlib.nullcontext() if self.teacher else bn_stats_frozen(model)
-        with float_mode(net), frozen, teacher_autocast(img.device, self.bf16_teacher), \
+        bf16 = getattr(self, "bf16_teacher", None)  # distillers pickled before the setting existed: auto
+        with float_mode(net), frozen, teacher_autocast(img.device, bf16), \
                 capture_features(net, self.layers) as feats:
             stop = net.model[self.layers[-1]].register_forward_hook(_stop_forward)  # the head is not needed
             try:
