@@ -112,6 +112,14 @@ def native_bf16_cpu() -> bool:
     return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 
 
+def _cpu_autocast_on() -> bool:
+    """Whether a CPU autocast region is active (``is_autocast_enabled(device_type)`` needs torch >= 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
 def teacher_autocast(device: torch.device, bf16: bool | None = None) -> contextlib.AbstractContextManager:
     """The precision of the teacher pass: bfloat16 on CPUs that have it (``bf16=None``: auto), else as the step runs.
 
@@ -120,7 +128,7 @@ def teacher_autocast(device: torch.device, bf16: bool | None = None) -> contextl
     AMP does for the teacher on GPU (fp16), and like AMP the trainer turns it off with ``amp=False``. Inside an
     autocast region already (GPU AMP, ``amp=bf16``) the step's precision is kept.
     """
-    if device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+    if device.type != "cpu" or _cpu_autocast_on():
         return contextlib.nullcontext()
     if bf16 is None:
         bf16 = native_bf16_cpu()
