@@ -181,7 +181,7 @@ def test_attention_value_gradient_matches_autograd():
 def test_teacher_precision(qmodel):
     """bf16_teacher=True runs the teacher in bfloat16; False gives exactly the fp32 float-mode pass; devices other than
     the CPU keep the step's precision. On this untrained 64 px model bf16 moves the summed distances by ~15 % of the
-    student-teacher distance (2x2 maps after random attention blocks); on trained vedai-synth models, < 0.2 %."""
+    student-teacher distance (2x2 maps after random attention blocks); on trained vedai-synth models, < 0.1 %."""
     from ghost_yolo.distill import teacher_autocast
     from ghost_yolo.distill.teacher import bn_stats_frozen
     from ghost_yolo.quant.apply import float_mode
