@@ -54,19 +54,27 @@ def evaluate(weights: Path, mode: str, images: torch.Tensor, args: argparse.Name
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print a markdown table: checkpoint, quantized mAP, float-mode mAP."""
+    """Print and save a markdown table: checkpoint, quantized mAP, float-mode mAP."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("weights", type=Path, nargs="+", help="checkpoints (.pt) to measure")
     p.add_argument("--data", type=Path, required=True, help="dataset YAML (its val split is scored)")
     p.add_argument("--imgsz", type=int, default=256, help="image size (256)")
     p.add_argument("--calib", type=int, default=64, help="augmented training images for the BN statistics (64)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/teacher.md"), help="markdown table")
     args = p.parse_args(argv)
+    from ultralytics.utils.torch_utils import init_seeds
+
+    init_seeds(0)  # the augmented BN batches, so repeated runs give the same table
     images = real_batch(args.data, args.imgsz, args.calib)["img"]
     lines = ["| checkpoint | quantized mAP50 / mAP50-95 | float-mode mAP50 / mAP50-95 |", "|---|---|---|"]
     for w in args.weights:
         q, f = evaluate(w, "quant", images, args), evaluate(w, "float", images, args)
         lines.append(f"| {w} | {q[0]:.1f} / {q[1]:.1f} | {f[0]:.1f} / {f[1]:.1f} |")
     print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("# Live float self as teacher (benchmarks/bench_teacher.py)\n\n" + "\n".join(lines) + "\n",
+                        encoding="utf-8")
+    print(f"(saved to {args.out})")
     return 0
 
 
