@@ -83,7 +83,7 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
     """ghost-n in float, at W4 (calibrated), and at W4 with the OST distiller on its default layers."""
     from ultralytics.cfg import get_cfg
 
-    from ghost_yolo.distill import OSTDistiller, default_kd_layers, feature_channels
+    from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels
     from ghost_yolo.nn.model import GhostDetectionModel
     from ghost_yolo.quant import calibrate, quantize_model
 
@@ -98,8 +98,9 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
             calibrate(m, batch["img"])
         if name.startswith("QAT+OST"):
             layers = default_kd_layers(m)
-            m.distiller = OSTDistiller(layers, feature_channels(m, layers), weight=float(_kd_weight()),
-                                       bf16_teacher=False if name == FP32_TEACHER else None)
+            m.distiller = Distiller.from_spec(m, ["ost"], layers, feature_channels(m, layers),
+                                              {**_defaults(), "float_self": "shared",
+                                               "bf16_teacher": False if name == FP32_TEACHER else None})
         arms[name] = m.train()
     return arms
 
@@ -108,10 +109,6 @@ def _defaults() -> dict:
     from ghost_yolo.cfg import ghost_defaults
 
     return ghost_defaults()
-
-
-def _kd_weight() -> float:
-    return _defaults()["kd_weight"]
 
 
 def make_step(m: torch.nn.Module, batch: dict):
@@ -219,7 +216,7 @@ def ablation_arms(args: argparse.Namespace, fp: Path) -> dict[str, dict]:
     arms = {"float": {"bits": 32}}
     for label, q in (("W8", {"bits": 8}), ("HQ", hq), ("W4", {"bits": 4})):
         arms[f"{label} no KD"] = {**q, "kd": "none"}
-        arms[f"{label} OST (self)"] = {**q, "kd": "ost"}
+        arms[f"{label} OST (self)"] = {**q, "kd": "ost", "float_self": "shared"}
         arms[f"{label} OST (teacher)"] = {**q, "kd": "ost", "teacher": str(fp)}
         if label == "W8":
             arms["W8 Ultralytics quantize=8"] = {"bits": 32, "kd": "none", "quantize": 8}
@@ -267,7 +264,7 @@ def bench_ablation(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
                         f"{'PASS' if ours['map50'] >= theirs['map50'] else 'FAIL'}")
     budget = (f"Budget: ghost-n, vedai-synth rgb+ir ({'32/16' if args.quick else '400/100'} pairs), imgsz {args.imgsz}, "
               f"batch {args.batch}, seed 0; float base {'from ' + str(args.weights) if args.weights else f'trained {args.fp_epochs} epochs'}, "
-              f"then {args.q_epochs} epochs per arm (LSQ, first/head convs at 8 bit, kd_weight {_kd_weight():g}, "
+              f"then {args.q_epochs} epochs per arm (LSQ, first/head convs at 8 bit, OST weight {_defaults()['kd_weight'] * 10:g}, "
               f"HQ threshold {args.hq_threshold}); CPU, {args.threads} threads; {time.time() - t0:.0f} s.")
     return [budget, "", *rows, "", *[f"- {v}" for v in verdicts + notes]]
 

@@ -16,8 +16,10 @@ from ultralytics.utils import DEFAULT_CFG
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.distill import (
+    AUTO_KD,
     ExternalTeacher,
-    OSTDistiller,
+    Distiller,
+    OSTLoss,
     attention_value,
     capture_features,
     default_kd_layers,
@@ -45,7 +47,7 @@ def qmodel() -> GhostDetectionModel:
     quantize_model(m, bits=4)
     calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
     layers = default_kd_layers(m)
-    m.distiller = OSTDistiller(layers, feature_channels(m, layers), weight=10.0)
+    m.distiller = Distiller.from_spec(m, ["ost"], layers, feature_channels(m, layers), {"float_self": "shared"})
     m.args = DEFAULT_CFG  # loss hyperparameters, as the trainer sets them
     return m.train()
 
@@ -102,15 +104,15 @@ def test_attention_value_and_distance():
 
 
 def test_ost_loss_value_and_gradients():
-    """kd = weight * sum_l mean_b(g * d); the gate term is worth 0, prices (d / mean d - 1) into the gate's logits,
+    """kd = sum_l mean_b(g * d); the gate term is worth 0, prices (d / mean d - 1) into the gate's logits,
     and no gradient reaches a student feature whose gate is closed or through the gate's key."""
     torch.manual_seed(0)
-    d = OSTDistiller([0, 1], [8, 16], weight=5.0).train()
+    d = OSTLoss([0, 1], [8, 16]).train()
     student = [torch.randn(6, 8, 4, 4, requires_grad=True), torch.randn(6, 16, 2, 2, requires_grad=True)]
     teacher = [torch.randn(6, 8, 4, 4), torch.randn(6, 16, 2, 2)]
-    kd, gate_term, g = d(student, teacher)
+    kd, gate_term, g = d.gated_distance(student, teacher)
     dist = torch.stack([layer_distance(s, t) for s, t in zip(student, teacher)], 1)
-    assert kd.item() == pytest.approx(5.0 * (g * dist).mean(0).sum().item(), rel=1e-6)
+    assert kd.item() == pytest.approx((g * dist).mean(0).sum().item(), rel=1e-6)
     assert gate_term.item() == 0.0 and set(g.unique().tolist()) <= {0.0, 1.0}
     (kd + gate_term).backward()
     closed = g[:, 0] == 0
@@ -122,25 +124,25 @@ def test_ost_loss_value_and_gradients():
     logits = torch.zeros(6, 2, requires_grad=True)
     d.gate_logits = lambda s, t: logits  # the same objective on known logits
     torch.manual_seed(3)
-    _, gate_term, _ = d([x.detach() for x in student], teacher)
+    _, gate_term, _ = d.gated_distance([x.detach() for x in student], teacher)
     gate_term.backward()
     price = dist.detach() / dist.detach().mean(0) - 1
     assert torch.all((logits.grad * price) >= 0) and torch.all(logits.grad[price.abs() > 0.05] != 0)
 
 
 def test_ost_without_gate_teaches_every_pair():
-    """kd_gate=False: no projections, every pair taught, kd = weight * sum_l mean_b(d)."""
-    d = OSTDistiller([0], [8], weight=2.0, gate=False)
+    """kd_gate=False: no projections, every pair taught, kd = sum_l mean_b(d)."""
+    d = OSTLoss([0], [8], gate=False)
     assert not hasattr(d, "key") and sum(p.numel() for p in d.parameters()) == 0
     s, t = torch.randn(4, 8, 3, 3), torch.randn(4, 8, 3, 3)
-    kd, _, g = d([s], [t])
-    assert torch.all(g == 1) and kd.item() == pytest.approx(2.0 * layer_distance(s, t).mean().item(), rel=1e-6)
+    kd, _, g = d.gated_distance([s], [t])
+    assert torch.all(g == 1) and kd.item() == pytest.approx(layer_distance(s, t).mean().item(), rel=1e-6)
 
 
 def test_ost_batch_of_one():
     """A last batch of one sample still gates (BN in the projections falls back to running statistics)."""
-    d = OSTDistiller([0], [8], weight=1.0).train()
-    kd, _, g = d([torch.randn(1, 8, 3, 3)], [torch.randn(1, 8, 3, 3)])
+    d = OSTLoss([0], [8]).train()
+    kd, _, g = d.gated_distance([torch.randn(1, 8, 3, 3)], [torch.randn(1, 8, 3, 3)])
     assert g.shape == (1, 1) and torch.isfinite(kd) and d.training
 
 
@@ -219,9 +221,9 @@ def test_distilled_step_updates_bn_like_a_plain_step(qmodel):
     assert all(torch.allclose(a[k].float(), b[k].float()) for k in b)
     assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "kd_loss"] and items["kd_loss"] > 0
     assert loss.shape == (4,) and loss[-1].item() == pytest.approx(items["kd_loss"].item() * 4, rel=1e-4)
-    assert int(qmodel.distiller.sample_count) == 4
+    assert int(qmodel.distiller.terms["ost"].sample_count) == 4
     loss.sum().backward()
-    assert any(p.grad is not None for p in qmodel.distiller.query.parameters())
+    assert any(p.grad is not None for p in qmodel.distiller.terms["ost"].query.parameters())
 
 
 def test_kd_loss_zero_when_student_is_teacher(qmodel):
@@ -242,12 +244,12 @@ def test_eval_loss_reports_zero_kd(qmodel):
     batch = _batch()
     preds = qmodel(batch["img"])
     _, items = qmodel.loss(batch, preds)
-    assert items["kd_loss"].item() == 0.0 and int(qmodel.distiller.sample_count) == 0
+    assert items["kd_loss"].item() == 0.0 and int(qmodel.distiller.terms["ost"].sample_count) == 0
 
 
 def test_distiller_is_training_only(qmodel):
     """Gate projections ride in the state dict (resume), not in EMA copies' teacher, not in fused/exported models."""
-    assert any(k.startswith("distiller.query") for k in qmodel.state_dict())
+    assert any(k.startswith("distiller.terms.ost.query") for k in qmodel.state_dict())
     qmodel.distiller.teacher = ExternalTeacher(nn.Conv2d(1, 1, 1))
     copy = deepcopy(qmodel)
     assert not copy.distiller.teacher and qmodel.distiller.teacher
@@ -282,10 +284,13 @@ def test_pipeline_outputs(qtrained):
     assert all(0 <= float(v) <= 1 for v in gates[1].split(",")[1:])
     assert (qtrained / "gates.png").stat().st_size > 1000
     s = json.loads((qtrained / "summary.json").read_text())
-    assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == "ost" and s["distillation"]["teacher"] == "self"
+    assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == AUTO_KD and s["distillation"]["teacher"] == "self"
     q = s["quantization"]
-    assert q["bits"] == "hq" and q["quantized"]["size_mb"] < q["float"]["size_mb"] / 3
-    assert q["quantized"]["mAP50"] is not None and q["float"]["mAP50"] is not None and 2 <= q["avg_w_bits"] <= 8
+    assert q["bits"] == "hq" and q["quantized"]["size_mb"] < q["float_self"]["size_mb"] / 3
+    assert q["quantized"]["mAP50"] is not None and q["float_self"]["mAP50"] is not None and 2 <= q["avg_w_bits"] <= 8
+    # the float self and the quantized model are of the same epoch (best.pt), the float start is named separately
+    assert q["float_self"]["epoch"] == q["quantized"]["epoch"] == 2 and q["float_start"]["epoch"] == 1
+    assert q["float_self"]["batchnorm"] == "own" and s["distillation"]["float_self"] == "cotrain"
     ckpt, _ = load_checkpoint(qtrained / "weights" / "best.pt")
     assert hasattr(ckpt, "distiller") and not ckpt.distiller.teacher
 
@@ -297,7 +302,8 @@ def test_external_teacher_and_errors(trained, synth_yaml, tmp_path, log):
     m.train(data=str(synth_yaml), bits=4, teacher=str(best), kd_layers=[2, 4, 6], epochs=1, imgsz=IMGSZ, batch=8,
             workers=0, project=str(tmp_path), name="ext", plots=False, val=False)
     run = tmp_path / "ext"
-    assert float((run / "results.csv").read_text().splitlines()[1].split(",")[5]) > 0  # train/kd_loss
+    head, row = (line.split(",") for line in (run / "results.csv").read_text().splitlines()[:2])
+    assert float(row[head.index("train/kd_loss")]) > 0
     assert json.loads((run / "summary.json").read_text())["distillation"]["teacher"] == str(best)
     ckpt, _ = load_checkpoint(run / "weights" / "last.pt")
     assert ckpt.distiller.layers == [2, 4, 6] and not ckpt.distiller.teacher
@@ -311,7 +317,7 @@ def test_external_teacher_and_errors(trained, synth_yaml, tmp_path, log):
         ("teacher=nothing.pt", "teacher=nothing.pt: file not found"),
         ("kd_layers=[3,99]", "layer(s) [99]"),
         ("compile=True", "compile=True cannot be used with kd=ost"),
-        ("kd=dist", "kd=dist is not a distillation mode"),
+        ("kd=dist", "kd=dist: unknown distillation loss 'dist'. Known losses: cls, cwd, dfl, ost"),
         (f"kd=none teacher={best}", "only used for distillation"),
     ]
     for extra, message in cases:

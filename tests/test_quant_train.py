@@ -101,7 +101,8 @@ def test_resume_in_quantized_phase(synth_yaml, tmp_path):
         model = trainer.model
         seen["bits"] = get_bits(model)
         seen["scales"] = {n: q.weight_quant.log_scale.detach().clone() for n, q in quant_layers(model).items()}
-        seen["gate"] = model.distiller.query[0][0].weight.detach().clone()
+        seen["gate"] = model.distiller.terms["ost"].query[0][0].weight.detach().clone()
+        seen["float_bn"] = {k: v.detach().clone() for k, v in model.state_dict().items() if ".float_bn." in k}
 
     resumed = GhostYOLO(last)
     resumed.add_callback("on_train_start", grab)
@@ -109,8 +110,12 @@ def test_resume_in_quantized_phase(synth_yaml, tmp_path):
     assert seen["bits"] == get_bits(saved) and set(seen["bits"].values()) == {4, 8}
     for n, q in quant_layers(saved).items():
         assert torch.equal(seen["scales"][n].half(), q.weight_quant.log_scale.half()), n
-    # OST resumes too: its trained gate projections come back, and kd_loss goes on in the resumed epoch
-    assert torch.equal(seen["gate"].half(), saved.distiller.query[0][0].weight.half())
+    # OST resumes too: its trained gate projections come back, and kd_loss goes on in the resumed epoch; so does the
+    # co-trained float self's BatchNorm set (and it differs from the quantized path's after a quantized epoch)
+    assert torch.equal(seen["gate"].half(), saved.distiller.terms["ost"].query[0][0].weight.half())
+    sd = saved.state_dict()
+    assert seen["float_bn"] and all(torch.equal(v.half(), sd[k].half()) for k, v in seen["float_bn"].items())
+    assert any(not torch.equal(sd[k], sd[k.replace(".float_bn.", ".")]) for k in seen["float_bn"] if "running_mean" in k)
     rows = (tmp_path / "r" / "results.csv").read_text().strip().splitlines()
     kd = rows[0].split(",").index("train/kd_loss")
     assert len(rows) == 4 and float(rows[1].split(",")[kd]) == 0 and float(rows[3].split(",")[kd]) > 0
@@ -194,8 +199,9 @@ def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
     m.train(trainer=Spy, data=str(synth_yaml), bits=8, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
             name="qat", plots=False)
     rep = seen["report"]
-    assert rep["float"]["mAP50"] is not None and rep["quantized"]["mAP50"] is not None
-    assert rep["quantized"]["size_mb"] < rep["float"]["size_mb"] / 3 and rep["avg_w_bits"] == 8
+    assert rep["float_start"]["mAP50"] is not None and rep["quantized"]["mAP50"] is not None
+    assert rep["float_self"]["mAP50"] is not None and rep["float_start"]["epoch"] is None  # started from given weights
+    assert rep["quantized"]["size_mb"] < rep["float_self"]["size_mb"] / 3 and rep["avg_w_bits"] == 8
     assert "float" in seen["summary"] and "GBOPs" in seen["summary"]
     q, _ = load_checkpoint(tmp_path / "qat" / "weights" / "best.pt")
     assert set(get_bits(q).values()) == {8}
@@ -210,7 +216,7 @@ def test_ddp_trainer_roundtrip_with_bits(synth_yaml, tmp_path):
 
     trainer = GhostTrainer(overrides={"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "epochs": 2,
                                       "bits": 4, "fp_epochs": 1, "keep_head": False, "project": str(tmp_path),
-                                      "kd_layers": [2, 4, 6], "kd_weight": 3.0})
+                                      "kd": "ost", "kd_layers": [2, 4, 6], "kd_weight": 3.0})
     state = tmp_path / "state.pt"
     torch.save({"trainer": type(trainer), "args": vars(trainer.args), "callbacks": trainer.callbacks}, state,
                pickle_module=cloudpickle)
@@ -224,11 +230,12 @@ t = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbac
 m = t.get_model(cfg="ghost-n.yaml", verbose=False)
 bits = get_bits(m)
 print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enabled for q in quant_layers(m).values()),
-      t.args.kd, m.distiller.layers, m.distiller.weight)
+      t.args.kd, m.distiller.layers, m.distiller.weights, t.args.float_self,
+      sum(type(b).__name__ == "SwitchableBatchNorm2d" for b in m.modules()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "OK 4 87 [4, 8] False ost [2, 4, 6] 3.0" in out.stdout
+    assert "OK 4 87 [4, 8] False ost [2, 4, 6] {'ost': 30.0} cotrain 81" in out.stdout
 
 
 def test_train_hq_on_random_init_warns(synth_yaml, tmp_path, log):

@@ -15,37 +15,20 @@ the key reads them detached, so the student cannot lower its loss by steering it
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ghost_yolo.quant.apply import float_mode
-
+from .registry import KDLoss, PassOutputs, register_kd_loss
 from .scm import scm_gate
-from .teacher import (
-    ExternalTeacher,
-    bn_stats_frozen,
-    capture_features,
-    teacher_autocast,
-)
 
-__all__ = ("OSTDistiller", "attention_value", "layer_distance")
+__all__ = ("OSTDistiller", "OSTLoss", "attention_value", "layer_distance")
 
 QK_DIM = 128  # width of the gate's query/key projections (the reference's)
-
-
-class _StopForward(Exception):
-    """Raised after the last distilled layer: the teacher pass skips the layers OST does not read."""
-
-
-def _stop_forward(module: nn.Module, args: Any, output: Any) -> None:
-    """Forward hook that ends the teacher pass."""
-    raise _StopForward
 
 
 class _ChannelEnergy(torch.autograd.Function):
@@ -87,46 +70,47 @@ def _projection(c: int, relu: bool) -> nn.Sequential:
     return nn.Sequential(nn.Linear(c, QK_DIM), nn.BatchNorm1d(QK_DIM), *([nn.ReLU()] if relu else []))
 
 
-class OSTDistiller(nn.Module):
-    """The OST loss with its SCM gate, attached to a detection model as ``model.distiller``.
+@register_kd_loss
+class OSTLoss(KDLoss):
+    """The OST loss with its SCM gate (``kd=ost``): layer i of the student learns the spatial attention of layer i.
 
     Its query/key projections train with the model (they are in its state dict, so resume restores them) and are
-    dropped when the model is fused for inference or export. The teacher is the model itself with its quantizers
-    bypassed, or ``teacher`` (an ``ExternalTeacher``).
+    dropped when the model is fused for inference or export.
 
     Args:
-        layers: Indices into ``model.model`` whose outputs are distilled.
+        layers: Indices into ``model.model`` whose outputs are distilled (for logs).
         channels: Output channels of those layers.
-        weight: ``kd_weight``, the factor on the summed per-layer distances.
         gate: Use the SCM gate (False: every pair is taught).
         tau: Gate temperature.
-        bf16_teacher: Run the teacher pass in bfloat16 on CPU (None: where the CPU has native bf16; the trainer passes
-            False for ``amp=False``).
     """
 
-    def __init__(self, layers: Sequence[int], channels: Sequence[int], weight: float, gate: bool = True,
-                 tau: float = 1.0, bf16_teacher: bool | None = None):
+    name = "ost"
+    default_weight = 10.0  # README: a layer's distance is at most 4 / (H W); 10 keeps it a few % of the detection loss
+    needs_layers = True
+
+    def __init__(self, layers: Sequence[int], channels: Sequence[int], gate: bool = True, tau: float = 1.0):
         """Build one query and one key projection per distilled layer."""
         super().__init__()
         if len(layers) != len(channels):
             raise ValueError(f"{len(layers)} layers but {len(channels)} channel counts")
-        if weight < 0:
-            raise ValueError(f"kd_weight={weight} must be >= 0")
         if tau <= 0:
             raise ValueError(f"kd_tau={tau} must be > 0")
-        self.layers, self.weight, self.gated, self.tau = [int(i) for i in layers], float(weight), bool(gate), tau
-        self.bf16_teacher = bf16_teacher
+        self.layers, self.gated, self.tau = [int(i) for i in layers], bool(gate), tau
         if self.gated:
             self.query = nn.ModuleList(_projection(c, relu=False) for c in channels)
             self.key = nn.ModuleList(_projection(c, relu=True) for c in channels)
         # gate statistics of the current epoch (integers: not averaged by EMA, not halved in checkpoints)
         self.register_buffer("open_count", torch.zeros(len(self.layers), dtype=torch.long), persistent=False)
         self.register_buffer("sample_count", torch.zeros((), dtype=torch.long), persistent=False)
-        self.teacher = ExternalTeacher()
+
+    @classmethod
+    def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]) -> OSTLoss:
+        """From the trainer's ``kd_gate`` and ``kd_tau``."""
+        return cls(layers, channels, gate=bool(args.get("kd_gate", True)), tau=float(args.get("kd_tau", 1.0)))
 
     def extra_repr(self) -> str:
-        """Layers, weight and gate settings in the module print."""
-        return f"layers={self.layers}, weight={self.weight}, gate={self.gated}, tau={self.tau}"
+        """Layers and gate settings in the module print."""
+        return f"layers={self.layers}, gate={self.gated}, tau={self.tau}"
 
     # Gate ---------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -156,9 +140,9 @@ class OSTDistiller(nn.Module):
         return scm_gate(self.gate_logits(student, teacher), self.tau, self.training)
 
     # Loss ---------------------------------------------------------------------------------------------------------
-    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(kd loss: weighted sum over layers of the batch mean of gated distances, gate objective (value 0), gates).
+    def gated_distance(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum over layers of the batch mean of gated distances, gate objective (value 0), gates B x L).
 
         Computed in fp32 outside autocast whatever the training precision.
         """
@@ -168,7 +152,7 @@ class OSTDistiller(nn.Module):
         with torch.autocast(device.type, enabled=False):
             d = torch.stack([layer_distance(s, t) for s, t in zip(student, teacher)], 1)  # B x L
             g = self.gates(student, teacher)
-            kd = self.weight * (g.detach() * d).mean(0).sum()
+            kd = (g.detach() * d).mean(0).sum()
             if self.gated and self.training:
                 dd = d.detach()
                 price = dd / dd.mean(0, keepdim=True).clamp_min(1e-12) - 1
@@ -177,59 +161,24 @@ class OSTDistiller(nn.Module):
                 gate_term = kd.new_zeros(())
         return kd, gate_term, g.detach()
 
-    # Teacher ------------------------------------------------------------------------------------------------------
-    def active(self, model: nn.Module) -> bool:
-        """Distil only in the quantized phase (before it the float self would teach itself: nothing to learn)."""
-        return bool(model.yaml.get("quant", {}).get("enabled"))
+    def forward(self, student: PassOutputs, teacher: PassOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gated OST distance and the gate's objective; counts open gates for the epoch's log."""
+        kd, gate_term, gates = self.gated_distance(student.feats, teacher.feats)
+        if self.training:
+            self.open_count += gates.sum(0).long()
+            self.sample_count += gates.shape[0]
+        return kd, gate_term
 
-    @torch.no_grad()
-    def teacher_features(self, model: nn.Module, img: torch.Tensor) -> list[torch.Tensor]:
-        """The teacher's features at ``self.layers`` for ``img``: no gradient, the student's BN statistics untouched."""
-        net = self.teacher.module if self.teacher else model
-        frozen = contextlib.nullcontext() if self.teacher else bn_stats_frozen(model)
-        bf16 = getattr(self, "bf16_teacher", None)  # distillers pickled before the setting existed: auto
-        with float_mode(net), frozen, teacher_autocast(img.device, bf16), \
-                capture_features(net, self.layers) as feats:
-            stop = net.model[self.layers[-1]].register_forward_hook(_stop_forward)  # the head is not needed
-            try:
-                net.predict(img)
-            except _StopForward:
-                pass
-            finally:
-                stop.remove()
-        return feats
-
-    def loss(self, model: nn.Module, batch: dict[str, Any], preds: Any,
-             detection_loss: Callable[[dict[str, Any], Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Detection loss plus OST: the student pass (features captured), the teacher pass, then both losses.
-
-        Returns the loss vector (times batch size, like Ultralytics' criterion) with the distillation term appended,
-        and the loss items with ``kd_loss`` (0 outside training, in eval and in the float phase: the validator and
-        results.csv keep the same columns throughout).
-        """
-        if preds is not None or not model.training or not self.active(model):
-            loss, items = detection_loss(batch, preds)
-            zero = next(iter(items.values())).new_zeros(())
-            return loss, {**items, "kd_loss": zero}
-        img = batch["img"]
-        with capture_features(model, self.layers) as student:
-            preds = model.predict(img)
-        teacher = self.teacher_features(model, img)
-        loss, items = detection_loss(batch, preds)
-        kd, gate_term, gates = self(student, teacher)
-        self.open_count += gates.sum(0).long()
-        self.sample_count += gates.shape[0]
-        extra = ((kd + gate_term) * img.shape[0]).to(loss.dtype).reshape(1)
-        return torch.cat((loss.reshape(-1), extra)), {**items, "kd_loss": kd.detach()}
-
-    def open_fractions(self, reset: bool = True) -> dict[int, float] | None:
+    def epoch_stats(self, reset: bool = True) -> dict[int, float] | None:
         """Open fraction of each layer's gate since the last reset ({layer: fraction}; None before any step)."""
         n = int(self.sample_count)
-        if n == 0:
+        if n == 0 or not self.gated:
             return None
         out = {i: float(c) / n for i, c in zip(self.layers, self.open_count.tolist())}
         if reset:
             self.open_count.zero_()
             self.sample_count.zero_()
         return out
+
+
+OSTDistiller = OSTLoss  # checkpoints written before the loss registry pickled the OST module under this name

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics.nn.modules import Concat, Detect
+from ultralytics.utils import LOGGER
 
 from ghost_yolo.quant.apply import float_mode, set_quant_enabled
 
@@ -179,10 +180,11 @@ class ExternalTeacher:
         return ExternalTeacher, ()
 
 
-def load_teacher(path: str | Path, student: nn.Module, layers: Sequence[int], device: torch.device | str = "cpu"
-                 ) -> ExternalTeacher:
+def load_teacher(path: str | Path, student: nn.Module, layers: Sequence[int], device: torch.device | str = "cpu",
+                 head: bool = False) -> ExternalTeacher:
     """Load ``teacher=path.pt`` and check it can teach ``student`` one-to-one at ``layers``: same input channels,
-    same layer count and the same channels at every distilled layer; a clear error names the first mismatch."""
+    same layer count and the same channels at every distilled layer, and with ``head`` (class-score or box losses)
+    the same classes and box bins; a clear error names the first mismatch."""
     from ultralytics.nn.tasks import load_checkpoint
 
     path = Path(path)
@@ -208,4 +210,17 @@ def load_teacher(path: str | Path, student: nn.Module, layers: Sequence[int], de
             raise ValueError(f"teacher={path} differs from the student at layer {i}: "
                              f"{type(teacher.model[i]).__name__} with {a} channels vs "
                              f"{type(student.model[i]).__name__} with {b}; use a teacher of the same model YAML")
+    if head:
+        t_head, s_head = teacher.model[-1], student.model[-1]
+        t_names, s_names = getattr(teacher, "names", None), getattr(student, "names", None)
+        if getattr(t_head, "nc", None) != getattr(s_head, "nc", None):
+            raise ValueError(f"teacher={path} predicts {getattr(t_head, 'nc', '?')} classes, the student "
+                             f"{getattr(s_head, 'nc', '?')}: class-score and box distillation (kd=cls, dfl, cwd) "
+                             "compare heads class by class, so the teacher must be trained on the same classes")
+        if isinstance(t_names, dict) and isinstance(s_names, dict) and list(t_names.values()) != list(s_names.values()):
+            LOGGER.warning(f"teacher={path} names its classes {list(t_names.values())[:4]}..., the data "
+                           f"{list(s_names.values())[:4]}...: head distillation pairs them by index")
+        if getattr(t_head, "reg_max", None) != getattr(s_head, "reg_max", None):
+            raise ValueError(f"teacher={path} has reg_max={t_head.reg_max}, the student {s_head.reg_max}: box "
+                             "distillation (kd=dfl) needs the same box distribution bins")
     return ExternalTeacher(teacher.to(device), str(path))

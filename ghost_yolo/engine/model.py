@@ -6,6 +6,8 @@ work like ``YOLO``; ghost keys (``modality``, ``ir_jitter``, pairing names) are 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -112,16 +114,52 @@ class GhostYOLO(Model):
         return super().train(trainer=trainer, **kwargs)
 
     def val(self, validator: Any = None, **kwargs: Any):
-        """Validate on paired data in the model's own modality (from its input channels)."""
+        """Validate on paired data in the model's own modality; ``as_float=True``: the co-trained float self."""
         if not kwargs.get("modality") and (ch := self.channels):
             kwargs["modality"] = modality_for_channels(ch)
-        return super().val(validator=validator, **kwargs)
+        with self._which_model(kwargs.pop("as_float", False), "evaluating"):
+            return super().val(validator=validator, **kwargs)
 
     def predict(self, source: Any = None, stream: bool = False, predictor: Any = None, **kwargs: Any):
-        """Predict on pairs (folders, ``a_co.png``, two paths), arrays or plain images."""
-        if split_ghost_args(kwargs)[1]:
+        """Predict on pairs (folders, ``a_co.png``, two paths), arrays or plain images; ``as_float=True``: the
+        co-trained float self."""
+        as_float = kwargs.pop("as_float", False)
+        if split_ghost_args(kwargs)[1] or as_float:
             self.predictor = None  # ghost keys are set up at construction: rebuild the predictor
-        return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
+        with self._which_model(as_float, "predicting with", quiet=True):
+            out = super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
+        if as_float:
+            self.predictor = None  # the next call sets up the quantized model again
+        return out
+
+    @contextmanager
+    def _which_model(self, as_float: bool, verb: str, quiet: bool = False) -> Iterator[None]:
+        """Inside the block ``self.model`` is the float self (``as_float``) or stays the quantized model; logs which."""
+        if not isinstance(self.model, nn.Module):
+            if as_float:
+                raise ValueError(f"as_float=True needs a PyTorch checkpoint (.pt) with a co-trained float self, not "
+                                 f"{self.model}: an exported file holds only the model it was exported as")
+            yield
+            return
+        from ghost_yolo.quant import average_bits, is_quantized, to_float_self
+
+        name = self.ckpt_path or self.model_name
+        if not as_float:
+            if is_quantized(self.model) and self.model.yaml.get("quant", {}).get("enabled") and not quiet:
+                LOGGER.info(f"{colorstr('ghost:')} {verb} the quantized model {name} ({average_bits(self.model):.2f} "
+                            "average weight bits; as_float=True for its float self)")
+            yield
+            return
+        quantized = self.model
+        float_self = to_float_self(deepcopy(quantized))  # raises a clear error for models without one
+        if name:  # exports land next to the checkpoint as <name>_float.*, not over the quantized model's
+            float_self.pt_path = str(Path(name).with_name(f"{Path(name).stem}_float.pt"))
+        LOGGER.info(f"{colorstr('ghost:')} {verb} the float self of {name} (quantizers bypassed, its own BatchNorm)")
+        self.model = float_self
+        try:
+            yield
+        finally:
+            self.model = quantized
 
     def search(self, hq_threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
                keep_head: bool = True, save: bool = True, project: str | None = None, name: str | None = None,
@@ -204,9 +242,15 @@ class GhostYOLO(Model):
         ``format=ghost`` writes the packed checkpoint (weights bit-packed at their own widths), loadable with
         ``GhostYOLO('model.ghost')``.
         """
+        self._check_is_pytorch_model()
+        as_float = kwargs.pop("as_float", False)
+        with self._which_model(as_float, "exporting"):
+            return self._export(**kwargs)
+
+    def _export(self, **kwargs: Any) -> str:
+        """``export`` on the model chosen by ``as_float``."""
         from .exporter import GhostExporter
 
-        self._check_is_pytorch_model()
         stock, ghost = split_ghost_args(kwargs)
         opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
         if str(stock.get("format", "")).lower() == "ghost":

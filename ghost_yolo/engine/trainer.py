@@ -21,14 +21,19 @@ from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
 from ghost_yolo.distill import (
-    OSTDistiller,
+    AUTO_KD,
+    FLOAT_SELF_MODES,
+    Distiller,
     feature_channels,
     load_teacher,
+    parse_kd,
     parse_kd_layers,
 )
 from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.nn.switch_bn import has_float_bn, sync_float_bn
 from ghost_yolo.quant import (
     FakeQuantizer,
+    add_float_self,
     average_bits,
     bits_table,
     calibrate,
@@ -45,6 +50,7 @@ from ghost_yolo.quant import (
     save_bit_map,
     set_bits,
     set_quant_enabled,
+    to_float_self,
 )
 from ghost_yolo.utils.allocator import reuse_freed_memory
 from ghost_yolo.utils.plotting import plot_gates, plot_paired_images
@@ -120,40 +126,45 @@ class GhostTrainer(DetectionTrainer):
             set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
 
     def prepare_distillation(self, model: GhostDetectionModel) -> None:
-        """Attach the OST distiller (``kd=ost``, the default for quantized runs) with its gate projections.
+        """Attach the distiller (``kd=``, by default ``AUTO_KD`` for quantized runs) with its losses and teacher.
 
-        The teacher is the model's own float self unless ``teacher=path.pt`` names a frozen float model of the same
-        architecture. Distillation runs in the quantized phase only; ``kd_loss`` is a loss column from the start.
+        The teacher is the model's own float self (``float_self=cotrain``: with its own BatchNorm set, trained every
+        step; ``shared``: the student's BatchNorm, no gradient) unless ``teacher=path.pt`` names a frozen float model of
+        the same architecture. Distillation runs in the quantized phase only; its loss columns exist from the start.
         """
-        kd = "none" if self.args.kd in (None, False) else str(self.args.kd).strip().lower()  # CLI 'none' arrives as None
-        if kd not in {"auto", "ost", "none"}:
-            raise ValueError(f"kd={self.args.kd} is not a distillation mode: use kd=ost (self-teaching), kd=none or "
-                             "kd=auto")
+        names = parse_kd(self.args.kd)
         quantized = is_quantized(model) or self.quant_spec == "hq"
         teacher = str(self.args.teacher or "") or None
-        if kd == "auto":
-            kd = "ost" if quantized or teacher else "none"
-        if kd == "none" and teacher:
+        if names == ["auto"]:
+            names = parse_kd(AUTO_KD) if quantized or teacher else []
+        if not names and teacher:
             raise ValueError(f"teacher={teacher} is only used for distillation, but kd=none: drop teacher= or pass "
-                             "kd=ost")
-        if not quantized and kd == "ost":
-            LOGGER.warning(f"kd=ost{f' teacher={teacher}' if teacher else ''} on a float run (bits=32): the float "
-                           "model has nothing to learn from its float self; distillation is off")
-        if kd == "none" or not quantized:
+                             "kd=ost (or another loss)")
+        if names and not quantized:
+            LOGGER.warning(f"kd={'+'.join(names)}{f' teacher={teacher}' if teacher else ''} on a float run (bits=32): "
+                           "the float model has nothing to learn from its float self; distillation is off")
+        float_self = str(self.args.float_self or "cotrain").strip().lower()
+        if float_self not in FLOAT_SELF_MODES:
+            raise ValueError(f"float_self={self.args.float_self} is not a teacher mode: use "
+                             f"{' or '.join(FLOAT_SELF_MODES)}")
+        if not names or not quantized:
             self.args.kd = "none"
             return
         if self.args.compile:
-            raise ValueError("compile=True cannot be used with kd=ost: compiled training computes the loss from a "
-                             "separate forward, where the distilled features are not captured. Pass compile=False "
-                             "or kd=none")
+            raise ValueError(f"compile=True cannot be used with kd={'+'.join(names)}: compiled training computes the "
+                             "loss from a separate forward, where the teacher pass and the distilled features are not "
+                             "captured. Pass compile=False or kd=none")
         layers = parse_kd_layers(self.args.kd_layers, model)
-        distiller = OSTDistiller(layers, feature_channels(model, layers), weight=float(self.args.kd_weight),
-                                 gate=bool(self.args.kd_gate), tau=float(self.args.kd_tau),
-                                 bf16_teacher=None if self.args.amp not in (False, "fp32") else False)
+        args = {**vars(self.args), "float_self": float_self,
+                "bf16_teacher": None if self.args.amp not in (False, "fp32") else False}
+        distiller = Distiller.from_spec(model, names, layers, feature_channels(model, layers), args)
         if teacher:
-            distiller.teacher = load_teacher(teacher, model, layers, device=self.device)
+            distiller.teacher = load_teacher(teacher, model, distiller.layers or layers, device=self.device,
+                                             head=distiller.needs_head)
+        elif float_self == "cotrain":
+            add_float_self(model)  # before the optimizer is built: its float BatchNorm set trains from the start
         model.distiller = distiller
-        self.args.kd = "ost"
+        self.args.kd, self.args.float_self = "+".join(names), float_self
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer; quantizer step sizes go to the no-weight-decay group (decay would shrink them)."""
@@ -175,9 +186,24 @@ class GhostTrainer(DetectionTrainer):
         after_float = event == "on_train_epoch_start" and fp_epochs and self.epoch == fp_epochs
         if at_setup or after_float:
             self.start_quantized_phase()
+        if event in {"on_train_epoch_start", "on_train_batch_start"}:
+            self.advance_kd_schedule(event)
         if event == "on_train_epoch_end":
             self.log_gates()
         super().run_callbacks(event)
+
+    def advance_kd_schedule(self, event: str) -> None:
+        """Tell the distiller how far into the quantized phase this batch is (its weight schedule reads it)."""
+        distiller = getattr(unwrap_model(self.model), "distiller", None)
+        if distiller is None:
+            return
+        if event == "on_train_epoch_start":
+            self._kd_batch = 0
+            return
+        fp_epochs, nb = int(self.args.fp_epochs or 0), max(len(self.train_loader), 1)
+        q_epochs = max(self.epochs - fp_epochs, 1)
+        distiller.progress = (self.epoch - fp_epochs + getattr(self, "_kd_batch", 0) / nb) / q_epochs
+        self._kd_batch = getattr(self, "_kd_batch", 0) + 1
 
     def start_quantized_phase(self) -> None:
         """Choose the widths (HQ search or as given), switch quantizers on, calibrate them on a batch, restart EMA."""
@@ -207,6 +233,7 @@ class GhostTrainer(DetectionTrainer):
         else:
             distortions = None
         bits = {n: m.bits for n, m in layers.items()}
+        sync_float_bn(model)  # a co-trained float self starts from the float model's BatchNorm
         set_quant_enabled(model, True)
         batch = self.preprocess_batch(next(iter(self.train_loader)))
         calibrate(model, batch["img"])
@@ -231,7 +258,7 @@ class GhostTrainer(DetectionTrainer):
     def log_gates(self) -> None:
         """Log the SCM gates' open fraction per distilled layer for this epoch and append it to ``gates.csv``."""
         distiller = getattr(unwrap_model(self.model), "distiller", None)
-        fractions = distiller.open_fractions() if distiller is not None else None
+        fractions = distiller.epoch_stats().get("ost") if distiller is not None else None
         if fractions is None or RANK not in {-1, 0}:
             return
         csv = self.save_dir / "gates.csv"
@@ -252,29 +279,59 @@ class GhostTrainer(DetectionTrainer):
                            fname=self.save_dir / f"train_batch{ni}.jpg", on_plot=self.on_plot)
 
     def final_eval(self) -> None:
-        """Ultralytics' final validation of best.pt, then a short ghost summary of what was trained and what next."""
+        """Ultralytics' final validation of best.pt, its float self (same weights, same epoch), then the summary."""
         super().final_eval()
         if RANK in {-1, 0} and self.best.exists() and self.metrics:
+            self.float_self_metrics = self.validate_float_self()
             LOGGER.info(self.summary())
             (self.save_dir / "summary.json").write_text(json.dumps(self.summary_dict(), indent=2))
             if self.args.plots and (self.save_dir / "gates.csv").exists():
                 plot_gates(self.save_dir / "gates.csv", self.save_dir / "gates.png", on_plot=self.on_plot)
 
+    def validate_float_self(self) -> dict[str, Any] | None:
+        """mAP of best.pt's float self: its co-trained float BatchNorm set if it has one, else the latent weights in
+        float mode with the quantized path's BatchNorm (what a shared-BN self-teacher is). None for float runs."""
+        from ultralytics.nn.tasks import load_checkpoint
+
+        if not self.args.val or not unwrap_model(self.model).yaml.get("quant", {}).get("enabled"):
+            return None
+        model, _ = load_checkpoint(self.best, device=self.device)
+        own = has_float_bn(model)
+        if own:
+            to_float_self(model)
+        else:
+            set_quant_enabled(model, False)
+        LOGGER.info(f"\nValidating the float self of {self.best} ({'its own' if own else 'the shared'} BatchNorm)...")
+        validator = self.get_validator()
+        validator.args.plots = validator.args.save_json = False
+        metrics = validator(model=model.float())
+        return {"mAP50": metrics.get("metrics/mAP50(B)"), "mAP50-95": metrics.get("metrics/mAP50-95(B)"),
+                "batchnorm": "own" if own else "shared", "epoch": int(self.stopper.best_epoch)}
+
     def quant_report(self) -> dict[str, Any] | None:
-        """Float vs quantized figures of a quantized run: mAP50, mAP50-95 (val), size MB and GBOPs at ``imgsz``."""
+        """Float vs quantized figures of a quantized run: mAP50, mAP50-95 (val), size MB and GBOPs at ``imgsz``.
+
+        ``quantized`` and ``float_self`` are best.pt and its float self (the same weights and epoch); ``float_start``
+        is the float model the quantized phase started from (the float phase's last epoch, or the given weights).
+        """
         model = unwrap_model(self.model)
         if not quant_layers(model) or not model.yaml.get("quant", {}).get("enabled"):
             return None
         costs = layer_costs(model, self.args.imgsz).attrs["totals"]
         fm, qm = self.float_metrics or {}, self.metrics or {}
+        fs = getattr(self, "float_self_metrics", None) or {}
         return {
             "quantizer": self.args.quantizer,
             "bits": self.args.bits,
             "avg_w_bits": round(costs["avg_w_bits"], 3),
-            "float": {"mAP50": fm.get("metrics/mAP50(B)"), "mAP50-95": fm.get("metrics/mAP50-95(B)"),
-                      "size_mb": round(costs["float_mb"], 3), "gbops": round(costs["float_gbops"], 2)},
             "quantized": {"mAP50": qm.get("metrics/mAP50(B)"), "mAP50-95": qm.get("metrics/mAP50-95(B)"),
-                          "size_mb": round(costs["size_mb"], 3), "gbops": round(costs["gbops"], 2)},
+                          "size_mb": round(costs["size_mb"], 3), "gbops": round(costs["gbops"], 2),
+                          "epoch": fs.get("epoch")},
+            "float_self": {"mAP50": fs.get("mAP50"), "mAP50-95": fs.get("mAP50-95"), "batchnorm": fs.get("batchnorm"),
+                           "size_mb": round(costs["float_mb"], 3), "gbops": round(costs["float_gbops"], 2),
+                           "epoch": fs.get("epoch")},
+            "float_start": {"mAP50": fm.get("metrics/mAP50(B)"), "mAP50-95": fm.get("metrics/mAP50-95(B)"),
+                            "epoch": int(self.args.fp_epochs or 0) or None},
         }
 
     def summary_dict(self) -> dict[str, Any]:
@@ -286,6 +343,7 @@ class GhostTrainer(DetectionTrainer):
             head, *rows = csv.read_text().strip().splitlines()
             if rows:
                 gates = {k: float(v) for k, v in zip(head.split(",")[1:], rows[-1].split(",")[1:])}
+        distiller = getattr(model, "distiller", None)
         return {
             "model": Path(model.yaml.get("yaml_file", "model")).name,
             "data": str(self.args.data),
@@ -296,19 +354,21 @@ class GhostTrainer(DetectionTrainer):
             "metrics": {"mAP50": m.get("metrics/mAP50(B)"), "mAP50-95": m.get("metrics/mAP50-95(B)"),
                         "precision": m.get("metrics/precision(B)"), "recall": m.get("metrics/recall(B)")},
             "quantization": self.quant_report(),
-            "distillation": None if self.args.kd != "ost" else {
-                "kd": "ost", "teacher": str(self.args.teacher or "self"), "kd_weight": float(self.args.kd_weight),
-                "gate": bool(self.args.kd_gate), "layers": getattr(model, "distiller", None) and model.distiller.layers,
+            "distillation": None if distiller is None else {
+                "kd": self.args.kd, "weights": distiller.weights, "schedule": distiller.schedule,
+                "teacher": str(self.args.teacher or "self"),
+                "float_self": None if self.args.teacher else distiller.float_self,
+                "layers": distiller.layers, "gate": bool(self.args.kd_gate) if "ost" in distiller.terms else None,
                 "gate_open_last_epoch": gates},
             "weights": {"best": str(self.best), "last": str(self.last),
                         "best_fp": str(self.wdir / "best_fp.pt") if (self.wdir / "best_fp.pt").exists() else None},
         }
 
     def summary(self) -> str:
-        """Plain-text summary: model, modality, data, accuracy, float vs quantized, weights, and the next commands."""
+        """Plain-text summary: model, modality, data, accuracy, float self vs quantized, weights, the next commands."""
         model = unwrap_model(self.model)
         params = sum(p.numel() for n, p in model.named_parameters()
-                     if "_quant." not in n and not n.startswith("distiller.")) / 1e6
+                     if "_quant." not in n and not n.startswith("distiller.") and ".float_bn." not in n) / 1e6
         name = Path(model.yaml.get("yaml_file", "model")).stem
         m = self.metrics
         size = self.best.stat().st_size / 1e6
@@ -322,26 +382,34 @@ class GhostTrainer(DetectionTrainer):
             f"(best.pt on val, {self.epoch + 1} epochs)",
         ]
         if q := self.quant_report():
-            f, qq = q["float"], q["quantized"]
+            fs, qq, start = q["float_self"], q["quantized"], q["float_start"]
 
             def num(v: float | None, fmt: str) -> str:
                 return "-" if v is None else format(v, fmt)
 
+            epoch = f"epoch {qq['epoch']}" if qq["epoch"] else "best.pt"
+            bn = "own BN" if fs["batchnorm"] == "own" else "shared BN"
             lines += [
                 f"  quantized {q['quantizer']}, bits={q['bits']}, average weight bits {q['avg_w_bits']:.2f} "
                 f"(bits.yaml in the run dir)",
-                f"  {'':<10}{'float':>10}{'quantized':>11}",
-                *(f"  {k:<10}{num(f[key], fmt):>10}{num(qq[key], fmt):>11}" for k, key, fmt in (
+                f"  {'best.pt, ' + epoch:<24}{'float self':>12}{'quantized':>11}",
+                *(f"  {k:<24}{num(fs[key], fmt):>12}{num(qq[key], fmt):>11}" for k, key, fmt in (
                     ("mAP50", "mAP50", ".3f"), ("mAP50-95", "mAP50-95", ".3f"), ("size MB", "size_mb", ".2f"),
                     ("GBOPs", "gbops", ".1f"))),
+                f"  {'':<24}{'(' + bn + ')' if fs['mAP50'] is not None else '':>12}",
             ]
-            if self.args.kd == "ost":
-                distiller = model.distiller
-                lines.append(f"  distilled OST from {self.args.teacher or 'its own float self'}, kd_weight "
-                             f"{distiller.weight:g}, {len(distiller.layers)} layers"
-                             f"{', SCM gate (gates.csv)' if distiller.gated else ''}")
+            if start["mAP50"] is not None:
+                when = f"the float phase's last epoch ({start['epoch']})" if start["epoch"] else "the given weights"
+                lines.append(f"  start     quantization started from {when}: mAP50 {start['mAP50']:.3f}, mAP50-95 "
+                             f"{num(start['mAP50-95'], '.3f')}")
+            if (distiller := getattr(model, "distiller", None)) is not None:
+                lines.append(f"  distilled {distiller.describe()}"
+                             f"{' (SCM gate: gates.csv)' if (self.save_dir / 'gates.csv').exists() else ''}")
             if (self.wdir / "best_fp.pt").exists():
                 lines.append(f"  float     {self.wdir / 'best_fp.pt'} (the float phase's best)")
+            if fs["batchnorm"] == "own":
+                lines.append(f"  as float  ghost val model={self.best} as_float=True   (the float self; also predict, "
+                             "export)")
         lines += [
             f"  summary   {self.save_dir / 'summary.json'}",
             f"  weights   {self.best} ({size:.1f} MB)",

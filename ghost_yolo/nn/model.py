@@ -98,6 +98,10 @@ class GhostDetectionModel(DetectionModel):
             quantize_model(self, bits=quant.get("bits") or 8, quantizer=quant.get("quantizer", "lsq"),
                            keep_first=quant.get("keep_first", True), keep_head=quant.get("keep_head", True),
                            enabled=quant.get("enabled", True), out_quant=bool(quant.get("out_bits")))
+            if quant.get("float_bn"):  # a co-trained float self: its own BatchNorm set
+                from ghost_yolo.quant.apply import add_float_self
+
+                add_float_self(self)
 
     def loss(self, batch: dict[str, Any], preds: Any = None):
         """Ultralytics' detection loss, plus the OST self-distillation term when a distiller is attached."""
@@ -108,10 +112,14 @@ class GhostDetectionModel(DetectionModel):
     def fuse(self, verbose: bool = True, imgsz: int = 640):
         """Fold BatchNorm into quantized convs after quantizing their weights, then fuse the rest like Ultralytics.
 
-        A fused model is an inference model: the distiller (OST gate projections, training only) is dropped.
+        A fused model is an inference model: the distiller (OST gate projections, training only) and the float self's
+        BatchNorm set are dropped (``GhostYOLO(..., as_float=True)`` turns the model into its float self first).
         """
+        from ghost_yolo.quant.apply import drop_float_bn
+
         if hasattr(self, "distiller"):
             del self.distiller
+        drop_float_bn(self, keep="quantized")
         for m in self.modules():
             if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, QConv2d):
                 m.conv.fold_bn(m.bn)

@@ -14,9 +14,11 @@ from ghost_yolo.nn.quantizers import (
 from .accounting import cost_totals, format_costs, layer_costs
 from .apply import (
     KEEP_BITS,
+    add_float_self,
     average_bits,
     calibrate,
     conv_layers,
+    drop_float_bn,
     float_mode,
     get_bits,
     is_quantized,
@@ -26,6 +28,7 @@ from .apply import (
     quantize_model,
     set_bits,
     set_quant_enabled,
+    to_float_self,
     uniform_bits,
 )
 from .search import (
@@ -42,6 +45,7 @@ from .search import (
 __all__ = (
     "FLOAT_BITS",
     "KEEP_BITS",
+    "add_float_self",
     "QUANTIZERS",
     "DoReFaAct",
     "DoReFaWeight",
@@ -50,6 +54,7 @@ __all__ = (
     "LSQWeight",
     "average_bits",
     "bits_table",
+    "drop_float_bn",
     "calibrate",
     "check_bits",
     "check_search_args",
@@ -72,5 +77,6 @@ __all__ = (
     "search_bits",
     "set_bits",
     "set_quant_enabled",
+    "to_float_self",
     "uniform_bits",
 )

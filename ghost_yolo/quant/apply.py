@@ -17,12 +17,15 @@ from ultralytics.nn.modules import DFL, Conv, Detect
 
 from ghost_yolo.nn.qconv import OUT_BITS, QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import FLOAT_BITS, QUANTIZERS, check_bits
+from ghost_yolo.nn.switch_bn import SwitchableBatchNorm2d, add_float_bn, float_bn_layers, has_float_bn
 
 __all__ = (
     "KEEP_BITS",
+    "add_float_self",
     "average_bits",
     "calibrate",
     "conv_layers",
+    "drop_float_bn",
     "float_mode",
     "get_bits",
     "is_quantized",
@@ -32,6 +35,7 @@ __all__ = (
     "quantize_model",
     "set_bits",
     "set_quant_enabled",
+    "to_float_self",
 )
 
 KEEP_BITS = 8  # width of the layers the policy keeps at high precision (first conv, head prediction convs)
@@ -188,16 +192,77 @@ def set_quant_enabled(model: nn.Module, on: bool) -> None:
 
 @contextmanager
 def float_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a quantized model in float inside the block (its own full-precision teacher), then restore each layer."""
+    """Run a quantized model in float inside the block (its own full-precision teacher), then restore each layer.
+
+    A model with a float self's BatchNorm set (``SwitchableBatchNorm2d``, the co-trained teacher) normalises with it
+    inside the block.
+    """
     layers = quant_layers(model)
     states = {n: m.quant_enabled for n, m in layers.items()}
+    bns = float_bn_layers(_modules(model))
+    bn_states = [m.use_float for m in bns]
     try:
         for m in layers.values():
             m.quant_enabled = False
+        for m in bns:
+            m.use_float = True
         yield model
     finally:
         for n, m in layers.items():
             m.quant_enabled = states[n]
+        for m, on in zip(bns, bn_states):
+            m.use_float = on
+
+
+def drop_float_bn(model: nn.Module, keep: str = "quantized") -> int:
+    """Replace every switchable BatchNorm by a plain one holding the ``keep`` set (``quantized`` or ``float``).
+
+    ``keep="quantized"`` is what inference and export of the quantized model do (no float set travels with it);
+    ``keep="float"`` turns the model into its float self (with ``set_quant_enabled(model, False)``). Returns how many
+    were replaced.
+    """
+    if keep not in {"quantized", "float"}:
+        raise ValueError(f"keep={keep!r}: use 'quantized' or 'float'")
+    root = _modules(model)
+    n = 0
+    for m in list(root.modules()):
+        for attr, child in list(m.named_children()):
+            if isinstance(child, SwitchableBatchNorm2d):
+                src = child.float_bn if keep == "float" else child
+                bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats).to(child.weight.device, child.weight.dtype)
+                bn.load_state_dict({k: v for k, v in src.state_dict().items() if not k.startswith("float_bn.")})
+                bn.train(child.training)
+                setattr(m, attr, bn)
+                n += 1
+    if (section := _quant_section(root)) is not None:
+        section.pop("float_bn", None)
+    return n
+
+
+def add_float_self(model: nn.Module) -> int:
+    """Give the model a float self's BatchNorm set (in place, recorded in ``model.yaml['quant']`` so every rebuild has
+    it); both sets start equal. Returns how many BatchNorms were switched."""
+    root = _modules(model)
+    n = add_float_bn(root)
+    if (section := _quant_section(root)) is not None:
+        section["float_bn"] = True
+    return n
+
+
+def to_float_self(model: nn.Module) -> nn.Module:
+    """Turn a quantized model into its float self in place: quantizers off, the float self's BatchNorm set.
+
+    Only models trained with a co-trained float self (``float_self=cotrain``) carry that BatchNorm set; for others the
+    latent weights in float mode are not a model anybody trained, so this refuses them.
+    """
+    root = _modules(model)
+    if not has_float_bn(root):
+        raise ValueError("this model has no float self: only runs with a co-trained float self (kd with "
+                         "float_self=cotrain) train one; evaluate it as the quantized model (as_float=False)")
+    drop_float_bn(root, keep="float")
+    set_quant_enabled(root, False)
+    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,412 @@
+#!/usr/bin/env python
+"""Self-teaching benchmark: does distillation from the float self beat plain QAT, over paired seeds?
+
+Regime A (fine-tune): a converged float ghost-n on vedai-synth rgb+ir (trained until val mAP50 stops rising: Ultralytics'
+``patience``; cached in the work dir), then QAT for a fixed budget at W4, HQ and W8 by every arm. Regime B (the
+one-command pipeline): float epochs, HQ search, quantized epochs at one fixed total budget, from the model YAML.
+
+Arms (every arm of a seed shares that seed: data order, augmentation, calibration batch and start weights):
+  none           plain QAT (kd=none)
+  ost-shared     OST from the live float self sharing the student's BatchNorm (the project's first implementation)
+  ost-frozen     OST from the frozen converged float model (teacher=, the reference's way)
+  co-<losses>    the co-trained float self (own BatchNorm, own detection loss) with kd=<losses>
+  frozen-<losses> the frozen float model with kd=<losses>
+
+Every finished (regime, arm, width, seed) run is appended to ``benchmarks/results/selfteach_runs.jsonl`` with its
+settings, so the benchmark resumes where it stopped (across sessions: the file is committed) and ``--report`` rewrites
+``benchmarks/results/selfteach.md`` from it alone. Evaluation: the final EMA weights (last.pt) on a validation split of
+``--n-val`` pairs, once at the end of each run (the trainer validates on 32 pairs only); for co-trained arms also their
+float self. Statistics per arm: mean mAP50 and mAP50-95, the mean paired difference to ``none`` of the same seeds with
+a t-based 95 % CI, and in how many seeds the arm is ahead.
+
+Usage:
+    python benchmarks/bench_selfteach.py --regime A --widths W4 HQ --arms none ost-shared co-cls+dfl --seeds 0 1 2
+    python benchmarks/bench_selfteach.py --report            # rewrite selfteach.md from the cache
+    python benchmarks/bench_selfteach.py --step              # step time and peak memory of the arms vs float / QAT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = RESULTS / "selfteach_runs.jsonl"
+REPORT = RESULTS / "selfteach.md"
+WIDTHS = {"W4": {"bits": 4}, "HQ": {"bits": "hq", "hq_threshold": 2.0}, "W8": {"bits": 8}}
+# fixed settings of every run (part of each cache record)
+SETTINGS = {"model": "ghost-n.yaml", "imgsz": 160, "n_train": 400, "n_val": 1000, "batch": 16, "q_epochs": 3,
+            "fp_max_epochs": 50, "fp_patience": 6, "b_epochs": 12, "b_fp_epochs": 9, "data_seed": 0}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
+
+
+def arm_keys(arm: str, teacher: Path | None) -> dict:
+    """Training keys of an arm (see the module docstring)."""
+    if arm == "none":
+        return {"kd": "none"}
+    if arm == "ost-shared":
+        return {"kd": "ost", "float_self": "shared"}
+    if arm == "ost-frozen":
+        return {"kd": "ost", "teacher": str(teacher)}
+    kind, _, losses = arm.partition("-")
+    if kind == "co" and losses:
+        return {"kd": losses, "float_self": "cotrain"}
+    if kind == "frozen" and losses:
+        return {"kd": losses, "teacher": str(teacher)}
+    raise SystemExit(f"unknown arm {arm!r}")
+
+
+# Data and the converged float model ----------------------------------------------------------------------------------
+def make_data(work: Path) -> tuple[Path, Path]:
+    """vedai-synth at the benchmark's size: (data YAML with the full val split, data YAML with a 32-pair val list)."""
+    from ultralytics.utils import YAML
+
+    from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
+
+    s = SETTINGS
+    root = work / f"vedai-synth-{s['imgsz']}-{s['n_train']}-{s['n_val']}"
+    full, small = root / "data.yaml", root / "data-small-val.yaml"
+    if not small.exists():
+        generate_vedai_synth(root, n_train=s["n_train"], n_val=s["n_val"], imgsz=s["imgsz"], seed=s["data_seed"],
+                             workers=2)
+        YAML.save(full, {"path": str(root), "train": "images/train", "val": "images/val", "pairing": "suffix",
+                         "names": VEDAI_NAMES})
+        val = sorted((root / "images" / "val").glob("*_co.png"))
+        (root / "val32.txt").write_text("\n".join(str(p) for p in val[:32]) + "\n")
+        (root / "val200.txt").write_text("\n".join(str(p) for p in val[-200:]) + "\n")
+        for name, split in ((small, "val32.txt"), (root / "data-val200.yaml", "val200.txt")):
+            YAML.save(name, {"path": str(root), "train": "images/train", "val": split, "pairing": "suffix",
+                             "names": VEDAI_NAMES})
+    return full, small
+
+
+def train(model: str | Path, data: Path, project: Path, name: str, **kw) -> Path:
+    """One training run with the fixed settings; returns its run directory."""
+    from ghost_yolo import GhostYOLO
+
+    args = {"data": str(data), "imgsz": SETTINGS["imgsz"], "batch": SETTINGS["batch"], "workers": 2,
+            "deterministic": True, "project": str(project), "name": name, "exist_ok": True, "plots": False,
+            "verbose": False, **kw}
+    GhostYOLO(model).train(**args)
+    return project / name
+
+
+def evaluate(weights: Path, data: Path, as_float: bool = False) -> dict:
+    """mAP50 / mAP50-95 (percent) of ``weights`` on the full val split, plus average bits."""
+    from ghost_yolo import GhostYOLO
+    from ghost_yolo.quant import average_bits
+
+    m = GhostYOLO(weights)
+    bits = average_bits(m.model) if m.model.yaml.get("quant", {}).get("enabled") and not as_float else 32.0
+    met = m.val(data=str(data), imgsz=SETTINGS["imgsz"], batch=32, workers=2, plots=False, verbose=False,
+                as_float=as_float)
+    return {"map50": round(100 * float(met.box.map50), 2), "map": round(100 * float(met.box.map), 2),
+            "bits": round(bits, 3)}
+
+
+def converged_float(work: Path, small: Path, full: Path) -> tuple[Path, dict]:
+    """The float ghost-n trained until mAP50 on 200 val pairs stops rising (cached): its best.pt and its record."""
+    run = work / "fp" / "converged"
+    rec_file = work / "fp" / "converged.json"
+    if rec_file.exists():
+        return run / "weights" / "best.pt", json.loads(rec_file.read_text())
+    t0 = time.time()
+    val200 = full.with_name("data-val200.yaml")  # stopping is judged on 200 val pairs (every epoch), the record on all
+    train(SETTINGS["model"], val200, work / "fp", "converged", bits=32, kd="none", seed=0,
+          epochs=SETTINGS["fp_max_epochs"], patience=SETTINGS["fp_patience"], val=True, close_mosaic=5)
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    ev = evaluate(run / "weights" / "best.pt", full)
+    rec = {"epochs_run": len(rows) - 1, "best_epoch": None, **ev, "minutes": round((time.time() - t0) / 60, 1)}
+    head = rows[0].split(",")
+    maps = [float(r.split(",")[head.index("metrics/mAP50(B)")]) for r in rows[1:]]
+    rec["best_epoch"] = 1 + max(range(len(maps)), key=maps.__getitem__)
+    rec_file.write_text(json.dumps(rec))
+    return run / "weights" / "best.pt", rec
+
+
+# Runs and the cache --------------------------------------------------------------------------------------------------
+def load_cache() -> list[dict]:
+    """Every cached run record."""
+    if not CACHE.exists():
+        return []
+    return [json.loads(line) for line in CACHE.read_text().splitlines() if line.strip()]
+
+
+def key(r: dict) -> tuple:
+    """Identity of a run: regime, arm, width, seed and the settings it ran with."""
+    return r["regime"], r["arm"], r["width"], r["seed"], json.dumps(r["settings"], sort_keys=True)
+
+
+def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path, small: Path, fp: Path | None) -> dict:
+    """Train and evaluate one (regime, arm, width, seed)."""
+    project = work / f"runs-{regime}"
+    name = f"{arm}-{width}-s{seed}"
+    keys = {**WIDTHS[width], **arm_keys(arm, fp), "seed": seed, "val": False, "warmup_epochs": 0}
+    t0 = time.time()
+    if regime == "A":
+        run = train(fp, small, project, name, epochs=SETTINGS["q_epochs"], close_mosaic=SETTINGS["q_epochs"], **keys)
+    else:
+        run = train(SETTINGS["model"], small, project, name, epochs=SETTINGS["b_epochs"],
+                    fp_epochs=SETTINGS["b_fp_epochs"], close_mosaic=3, **{**keys, "warmup_epochs": 1})
+    minutes = (time.time() - t0) / 60
+    rec = {"regime": regime, "arm": arm, "width": width, "seed": seed, "settings": SETTINGS,
+           **evaluate(run / "weights" / "last.pt", full), "train_minutes": round(minutes, 2),
+           "cpu": platform.processor() or platform.machine(), "threads": os.cpu_count()}
+    if arm.startswith("co-"):
+        fs = evaluate(run / "weights" / "last.pt", full, as_float=True)
+        rec["float_self_map50"], rec["float_self_map"] = fs["map50"], fs["map"]
+    return rec
+
+
+# Statistics and the report -------------------------------------------------------------------------------------------
+def paired(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean of paired differences and its t-based 95 % CI (nan bounds for one pair)."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = T95.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def report(records: list[dict], fp_rec: dict | None = None) -> str:
+    """selfteach.md: per regime and width, every arm against none over the seeds both have."""
+    s = SETTINGS
+    lines = ["# Self-teaching over paired seeds (`benchmarks/bench_selfteach.py`)", "",
+             f"Data: vedai-synth rgb+ir, {s['n_train']} train pairs, {s['imgsz']} px, validation split of {s['n_val']} "
+             "pairs evaluated once at the end of each run (final EMA weights, last.pt). Model ghost-n, LSQ, stem and "
+             f"head prediction convs at 8 bit, HQ at hq_threshold={WIDTHS['HQ']['hq_threshold']}, batch {s['batch']}, "
+             "optimizer auto (AdamW), every arm of a seed shares that seed. CPU: "
+             f"{sorted({r.get('cpu', '?') for r in records})}, torch threads as the trainer sets them.", ""]
+    if fp_rec:
+        lines += [f"Regime A starts from a float ghost-n trained until val mAP50 stopped rising (patience "
+                  f"{s['fp_patience']}): {fp_rec['epochs_run']} epochs, best epoch {fp_rec['best_epoch']}, mAP50 "
+                  f"{fp_rec['map50']:.1f}, mAP50-95 {fp_rec['map']:.1f} on the {s['n_val']}-pair split. Each arm then "
+                  f"trains {s['q_epochs']} quantized epochs (no warm-up).", ""]
+    lines += [f"Regime B runs the one-command pipeline from the YAML: {s['b_epochs']} epochs, {s['b_fp_epochs']} float, "
+              "the HQ search, then quantized epochs.", "",
+              "Difference: mean over seeds of (arm - none) in mAP50 points, with a t-based 95 % CI; ahead: seeds where "
+              "the arm beats none.", ""]
+    for regime in ("A", "B"):
+        for width in WIDTHS:
+            rows = [r for r in records if r["regime"] == regime and r["width"] == width]
+            if not rows:
+                continue
+            base = {r["seed"]: r for r in rows if r["arm"] == "none"}
+            lines += [f"## Regime {regime}, {width} ({statistics.fmean(r['bits'] for r in rows):.2f} average weight "
+                      "bits)", "",
+                      "| arm | seeds | mAP50 | mAP50-95 | vs none, mAP50 (95 % CI) | vs none, mAP50-95 | ahead | float "
+                      "self mAP50 |", "|---|---|---|---|---|---|---|---|"]
+            for arm in dict.fromkeys(r["arm"] for r in rows):
+                rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
+                m50 = statistics.fmean(r["map50"] for r in rs)
+                m = statistics.fmean(r["map"] for r in rs)
+                seeds = ",".join(str(r["seed"]) for r in rs)
+                fs = [r["float_self_map50"] for r in rs if "float_self_map50" in r]
+                fs_txt = f"{statistics.fmean(fs):.1f}" if fs else ""
+                pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
+                if arm == "none" or not pairs:
+                    lines.append(f"| {arm} | {seeds} | {m50:.1f} | {m:.1f} | | | | {fs_txt} |")
+                    continue
+                d50 = [a["map50"] - b["map50"] for a, b in pairs]
+                d = [a["map"] - b["map"] for a, b in pairs]
+                mean, lo, hi = paired(d50)
+                mean_m = statistics.fmean(d)
+                ci = f"[{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else "(one seed)"
+                ahead = sum(x > 0 for x in d50)
+                lines.append(f"| {arm} | {seeds} | {m50:.1f} | {m:.1f} | {mean:+.2f} {ci} | {mean_m:+.2f} | "
+                             f"{ahead} of {len(pairs)} | {fs_txt} |")
+            lines.append("")
+    step = RESULTS / "selfteach_step.md"
+    if step.exists():
+        lines += [step.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def write_report(work: Path | None) -> None:
+    """Rewrite selfteach.md from the cache."""
+    fp_rec = None
+    for w in [work] if work else []:
+        f = w / "fp" / "converged.json"
+        if f.exists():
+            fp_rec = json.loads(f.read_text())
+    cached_fp = RESULTS / "selfteach_float.json"
+    if fp_rec:
+        cached_fp.write_text(json.dumps(fp_rec) + "\n")
+    elif cached_fp.exists():
+        fp_rec = json.loads(cached_fp.read_text())
+    REPORT.write_text(report(load_cache(), fp_rec) + "\n")
+    print(REPORT.read_text())
+
+
+# Step time and memory ------------------------------------------------------------------------------------------------
+STEP_ARMS = ("float", "QAT", "QAT+ost-shared", "QAT+co-cls+dfl", "QAT+co-ost")
+
+
+def build_step_arm(name: str, batch: dict):
+    """ghost-n in float, at W4 (calibrated, as the trainer's quantized start), and W4 with a distiller."""
+    import torch
+    from ultralytics.cfg import get_cfg
+
+    from ghost_yolo.cfg import ghost_defaults
+    from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels, parse_kd
+    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.quant import add_float_self, calibrate, quantize_model
+
+    torch.manual_seed(0)
+    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    m.args = get_cfg()
+    d = ghost_defaults()
+    if name != "float":
+        quantize_model(m, bits=4, out_quant=d["out_quant"])
+        if "+" in name:
+            arm = name.split("+", 1)[1]
+            keys = arm_keys(arm, None)
+            layers = default_kd_layers(m)
+            args = {**d, **keys}
+            m.distiller = Distiller.from_spec(m, parse_kd(keys["kd"]), layers, feature_channels(m, layers), args)
+            if keys.get("float_self") == "cotrain":
+                add_float_self(m)
+        calibrate(m, batch["img"])
+    return m.train()
+
+
+def step_fn(m, batch):
+    """One training step closure (forward, loss, backward, SGD)."""
+    import torch
+
+    opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
+
+    def step() -> float:
+        t = time.perf_counter()
+        loss, _ = m.loss(batch)
+        loss.sum().backward()
+        opt.step()
+        opt.zero_grad()
+        return time.perf_counter() - t
+
+    return step
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def memory_arm(name: str, data: Path, imgsz: int) -> None:
+    """(subprocess) Peak resident memory of four steps above the loaded process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_quant import real_batch
+
+    batch = real_batch(data, imgsz, 8)
+    m = build_step_arm(name, batch)
+    step = step_fn(m, batch)
+    base = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(4):
+        step()
+    print(json.dumps({"peak": _status("VmHWM") - base}))
+
+
+def bench_step(data: Path, imgsz: int, reps: int) -> str:
+    """Interleaved rounds; time ratio = median of per-round ratios to float; peak memory per arm in a subprocess."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_quant import real_batch
+
+    from ghost_yolo.distill import native_bf16_cpu
+
+    batch = real_batch(data, imgsz, 8)
+    steps = {k: step_fn(build_step_arm(k, batch), batch) for k in STEP_ARMS}
+    for k in STEP_ARMS:
+        steps[k](), steps[k]()
+    ratios = {k: [] for k in STEP_ARMS}
+    qratios = {k: [] for k in STEP_ARMS}
+    times = {k: [] for k in STEP_ARMS}
+    for r in range(reps):
+        t = {k: steps[k]() for k in (STEP_ARMS if r % 2 == 0 else STEP_ARMS[::-1])}
+        for k in STEP_ARMS:
+            times[k].append(t[k])
+            ratios[k].append(t[k] / t["float"])
+            qratios[k].append(t[k] / t["QAT"])
+    mem = {}
+    for k in STEP_ARMS:
+        out = subprocess.run([sys.executable, __file__, "--memory-arm", k, "--data", str(data), "--imgsz", str(imgsz)],
+                             capture_output=True, text=True, check=False)
+        mem[k] = json.loads(out.stdout.strip().splitlines()[-1])["peak"] if out.returncode == 0 else math.nan
+    lines = [f"## Step time and memory (batch 8, {imgsz} px, {torch.get_num_threads()} threads, {reps} interleaved "
+             f"rounds, native bf16: {'yes' if native_bf16_cpu() else 'no'})", "",
+             "| arm | step | vs float | vs QAT | step peak MB | peak vs QAT |", "|---|---|---|---|---|---|"]
+    for k in STEP_ARMS:
+        lines.append(f"| {k} | {statistics.median(times[k]) * 1000:.0f} ms | {statistics.median(ratios[k]):.2f}x | "
+                     f"{statistics.median(qratios[k]):.2f}x | {mem[k] / 1e6:.0f} | {mem[k] / mem['QAT']:.2f}x |")
+    lines += ["", "Targets: the co-trained self's step <= 2.5x a float step; its peak memory <= 2.1x a plain QAT step.",
+              "A CPU without native bf16 runs the shared self's teacher pass in fp32 (as here when the column says no)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--regime", choices=("A", "B"), default="A")
+    p.add_argument("--widths", nargs="+", default=["W4", "HQ"], choices=list(WIDTHS))
+    p.add_argument("--arms", nargs="+", default=["none", "ost-shared", "ost-frozen", "co-cls+dfl", "frozen-cls+dfl"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("GHOST_BENCH_DIR", Path.home() / ".cache" /
+                                                                    "ghost-yolo-bench")))
+    p.add_argument("--report", action="store_true", help="only rewrite selfteach.md from the cache")
+    p.add_argument("--step", action="store_true", help="step time and memory section (selfteach_step.md)")
+    p.add_argument("--step-reps", type=int, default=11)
+    p.add_argument("--memory-arm", help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--imgsz", type=int, default=256, help="step section image size (256, as bench_distill)")
+    a = p.parse_args(argv)
+    if a.memory_arm:
+        memory_arm(a.memory_arm, a.data, a.imgsz)
+        return 0
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.report:
+        write_report(a.work)
+        return 0
+    full, small = make_data(a.work)
+    if a.step:
+        (RESULTS / "selfteach_step.md").write_text(bench_step(small, a.imgsz, a.step_reps) + "\n")
+        write_report(a.work)
+        return 0
+    fp, fp_rec = converged_float(a.work, small, full) if a.regime == "A" else (None, None)
+    if fp_rec:
+        print(f"converged float model: {fp_rec}")
+    done = {key(r) for r in load_cache()}
+    for seed in a.seeds:  # seed-major: partial results are paired across arms
+        for width in a.widths:
+            for arm in a.arms:
+                probe = {"regime": a.regime, "arm": arm, "width": width, "seed": seed, "settings": SETTINGS}
+                if key(probe) in done:
+                    continue
+                if arm != "none" and "frozen" in arm and fp is None:
+                    fp = converged_float(a.work, small, full)[0]
+                rec = run_one(a.regime, arm, width, seed, a.work, full, small, fp)
+                with CACHE.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"[selfteach] {a.regime} {width} {arm} seed {seed}: mAP50 {rec['map50']} mAP50-95 {rec['map']} "
+                      f"({rec['train_minutes']} min)", flush=True)
+                write_report(a.work)
+    write_report(a.work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

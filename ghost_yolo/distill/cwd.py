@@ -1,0 +1,63 @@
+"""Channel-wise distillation (``kd=cwd``, Shu et al. 2021) on the Detect head's inputs (the neck's output maps).
+
+Each channel's activation map is turned into a spatial distribution by a softmax at temperature T; the student's
+channel learns the teacher's with ``T^2 KL(teacher || student)``, averaged over channels and samples and summed over
+the head's input levels. It tells the student where each channel of the teacher looks, which is what the head reads.
+``kd_temp`` is T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import KDLoss, PassOutputs, register_kd_loss
+
+__all__ = ("ChannelWiseLoss", "channel_wise_kl")
+
+
+def channel_wise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """CWD between two feature maps (B, C, H, W): ``T^2`` times the KL per channel, averaged over B x C; a scalar."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"channel-wise distillation pairs maps of the same shape: student {tuple(student.shape)} vs "
+                         f"teacher {tuple(teacher.shape)}")
+    s = student.float().flatten(2) / temperature
+    t = teacher.detach().float().flatten(2) / temperature
+    kl = (F.softmax(t, 2) * (F.log_softmax(t, 2) - F.log_softmax(s, 2))).sum(2)  # (B, C)
+    return temperature**2 * kl.mean()
+
+
+@register_kd_loss
+class ChannelWiseLoss(KDLoss):
+    """Channel-wise distillation on every input level of the Detect head."""
+
+    name = "cwd"
+    default_weight = 1.0
+    needs_head = True
+
+    def __init__(self, temperature: float = 4.0):
+        """``temperature``: softens the spatial distributions (``kd_temp``)."""
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"kd_temp={temperature} must be > 0")
+        self.temperature = float(temperature)
+
+    @classmethod
+    def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]
+              ) -> ChannelWiseLoss:
+        """From the trainer's ``kd_temp``."""
+        return cls(float(args.get("kd_temp", 4.0)))
+
+    def forward(self, student: PassOutputs, teacher: PassOutputs) -> tuple[torch.Tensor, None]:
+        """Summed over the head's input levels."""
+        s_maps, t_maps = student.head["feats"], teacher.head["feats"]
+        with torch.autocast(s_maps[0].device.type, enabled=False):
+            return sum(channel_wise_kl(s, t, self.temperature) for s, t in zip(s_maps, t_maps)), None
+
+    def extra_repr(self) -> str:
+        """Temperature in the module print."""
+        return f"temperature={self.temperature}"

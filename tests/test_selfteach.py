@@ -1,0 +1,292 @@
+"""Self-teaching: the co-trained float self (its own BatchNorm), the distillation-loss registry, the weight schedule,
+and the float self as an artefact (val, predict, export with as_float=True)."""
+
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import DEFAULT_CFG
+
+from ghost_yolo import GhostYOLO
+from ghost_yolo.cli import entrypoint
+from ghost_yolo.distill import (
+    KD_LOSSES,
+    BoxDistributionLoss,
+    ChannelWiseLoss,
+    ClassScoreLoss,
+    Distiller,
+    PassOutputs,
+    default_kd_layers,
+    feature_channels,
+    parse_kd,
+)
+from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.nn.switch_bn import SwitchableBatchNorm2d, float_bn_layers
+from ghost_yolo.quant import add_float_self, calibrate, drop_float_bn, float_mode, quantize_model, to_float_self
+
+IMGSZ = 64
+
+
+def _batch(n: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {"img": torch.rand(n, 4, IMGSZ, IMGSZ), "cls": torch.tensor([[0.0], [3.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
+
+
+def _model(kd: str = "cls+dfl", float_self: str = "cotrain", weight: float = 1.0) -> GhostDetectionModel:
+    """ghost-n (rgb+ir) at W4 with a distiller, in its quantized phase, as the trainer builds it."""
+    torch.manual_seed(0)
+    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    quantize_model(m, bits=4)
+    layers = default_kd_layers(m)
+    m.distiller = Distiller.from_spec(m, parse_kd(kd), layers, feature_channels(m, layers),
+                                      {"float_self": float_self, "kd_weight": weight})
+    if float_self == "cotrain":
+        add_float_self(m)
+    calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
+    m.args = DEFAULT_CFG
+    return m.train()
+
+
+def _stats(model: nn.Module, which: str) -> dict[str, torch.Tensor]:
+    """Running statistics of the quantized (``q``) or float (``f``) BatchNorm set."""
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if "running_mean" in k and ((".float_bn." in k) == (which == "f")) and not k.startswith("distiller")}
+
+
+# The co-trained float self ------------------------------------------------------------------------------------------
+def test_bn_sets_stay_apart_and_both_losses_reach_shared_weights():
+    """A co-trained step: the student pass updates only the quantized BN statistics, the float pass only the float
+    ones; the float pass's detection loss (fp_loss) and the student's both send gradient into the shared convs."""
+    m = _model()
+    plain = [b for b in m.modules() if type(b) is nn.BatchNorm2d]  # only the float twins are plain BatchNorms
+    assert len(float_bn_layers(m)) == 81 and len(plain) == 81
+    assert all(isinstance(b, SwitchableBatchNorm2d) for b in m.modules() if isinstance(b, nn.BatchNorm2d) and b not in plain)
+    q0, f0 = _stats(m, "q"), _stats(m, "f")
+    assert all(torch.equal(q0[k.replace(".float_bn.", ".")], v) for k, v in f0.items())  # both sets start equal
+    batch = _batch()
+    # the student pass alone (as plain QAT computes it) moves only the quantized statistics
+    with torch.no_grad():
+        m.predict(batch["img"])
+    q1, f1 = _stats(m, "q"), _stats(m, "f")
+    assert all(torch.equal(f0[k], f1[k]) for k in f0) and any(not torch.equal(q0[k], q1[k]) for k in q0)
+    with torch.no_grad(), float_mode(m):  # the float pass alone moves only the float statistics
+        m.predict(batch["img"])
+    q2, f2 = _stats(m, "q"), _stats(m, "f")
+    assert all(torch.equal(q1[k], q2[k]) for k in q1) and any(not torch.equal(f1[k], f2[k]) for k in f1)
+    # full distilled step: gradients of both detection losses reach the shared weights and each BN set
+    loss, items = m.loss(batch)
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "kd_loss", "kd_cls", "kd_dfl", "fp_loss"]
+    assert items["fp_loss"] > 0 and items["kd_loss"] > 0
+    assert items["kd_loss"].item() == pytest.approx((items["kd_cls"] + items["kd_dfl"]).item(), rel=1e-5)
+    loss.sum().backward()
+    stem = m.model[0]
+    assert stem.bn.weight.grad.abs().sum() > 0 and stem.bn.float_bn.weight.grad.abs().sum() > 0
+    # the float pass's own loss reaches the shared conv weights: compare with the student-only gradient
+    g_all = stem.conv.weight.grad.clone()
+    m.zero_grad()
+    student_only = deepcopy(m)
+    student_only.distiller.float_self = "shared"
+    student_only.distiller.weights = dict.fromkeys(student_only.distiller.weights, 0.0)
+    student_only.loss(batch)[0].sum().backward()
+    assert not torch.allclose(g_all, student_only.model[0].conv.weight.grad)
+
+
+def test_float_mode_uses_float_bn_and_restores():
+    """float_mode switches quantizers off and the float BN set on, then restores both; to_float_self is that, kept."""
+    m = _model().eval()
+    for b in float_bn_layers(m):  # make the two sets differ
+        b.float_bn.bias.data += 0.5
+    x = torch.rand(1, 4, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        q = m.predict(x)[0]
+        with float_mode(m):
+            f = m.predict(x)[0]
+        assert all(not b.use_float for b in float_bn_layers(m))
+        assert torch.equal(m.predict(x)[0], q)
+        fs = to_float_self(deepcopy(m))
+        assert not float_bn_layers(fs) and "float_bn" not in fs.yaml["quant"]
+        assert torch.allclose(fs.predict(x)[0], f, atol=1e-5) and not torch.allclose(f, q, atol=1e-3)
+
+
+def test_fused_quantized_model_carries_no_float_bn():
+    """Fusing a co-trained model gives exactly the fused model of the same weights without the float set."""
+    m = _model().eval()
+    for b in float_bn_layers(m):
+        b.float_bn.weight.data *= 3  # a float set that would change outputs if it leaked into the fused model
+    plain = deepcopy(m)
+    drop_float_bn(plain)
+    del plain.distiller
+    a, b = deepcopy(m).fuse(verbose=False), plain.fuse(verbose=False)
+    assert not any("float_bn" in k for k in a.state_dict())
+    x = torch.rand(2, 4, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        assert torch.equal(a(x)[0], b(x)[0])
+
+
+def test_weight_zero_reproduces_plain_qat(synth_yaml, trained, tmp_path):
+    """kd=ost with kd_weight=0 (shared float self) trains exactly the weights plain QAT trains for the same seed."""
+    best = trained / "weights" / "best.pt"
+    common = dict(data=str(synth_yaml), bits=4, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
+                  plots=False, val=False, seed=0, deterministic=True)
+    GhostYOLO(best).train(name="plain", kd="none", **common)
+    GhostYOLO(best).train(name="zero", kd="ost", kd_weight=0.0, float_self="shared", **common)
+    a, _ = load_checkpoint(tmp_path / "plain" / "weights" / "last.pt")
+    b, _ = load_checkpoint(tmp_path / "zero" / "weights" / "last.pt")
+    sa, sb = a.state_dict(), b.state_dict()
+    shared = [k for k in sa if not k.startswith("distiller")]
+    assert shared and all(torch.equal(sa[k], sb[k]) for k in shared)
+
+
+# Losses -------------------------------------------------------------------------------------------------------------
+def _head(b=2, nc=3, r=4, a=10, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"boxes": torch.randn(b, 4 * r, a, generator=g, dtype=torch.float64),
+            "scores": torch.randn(b, nc, a, generator=g, dtype=torch.float64),
+            "feats": [torch.randn(b, 5, 4, 4, generator=g, dtype=torch.float64),
+                      torch.randn(b, 5, 2, 2, generator=g, dtype=torch.float64)]}
+
+
+def _ref_cls(s, t):
+    p = t.sigmoid()
+    q = s.sigmoid()
+    kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+    w = p.max(1, keepdim=True).values
+    return (kl * w).sum() / w.sum()
+
+
+def _ref_dfl(s, t, scores, temp):
+    b, c, a = s.shape
+    ps = torch.softmax(s.view(b, 4, c // 4, a) / temp, 2)
+    pt = torch.softmax(t.view(b, 4, c // 4, a) / temp, 2)
+    kl = (pt * (pt / ps).log()).sum(2).mean(1)
+    w = scores.sigmoid().max(1).values
+    return temp**2 * (kl * w).sum() / w.sum()
+
+
+def _ref_cwd(s_maps, t_maps, temp):
+    total = 0
+    for s, t in zip(s_maps, t_maps):
+        ps = torch.softmax(s.flatten(2) / temp, 2)
+        pt = torch.softmax(t.flatten(2) / temp, 2)
+        total = total + temp**2 * (pt * (pt / ps).log()).sum(2).mean()
+    return total
+
+
+@pytest.mark.parametrize("loss", [ClassScoreLoss(), BoxDistributionLoss(2.0), ChannelWiseLoss(3.0)],
+                         ids=["cls", "dfl", "cwd"])
+def test_head_losses_zero_when_equal_and_match_reference(loss):
+    """Each head loss is 0 when student and teacher agree, and its value and gradient equal a direct reference."""
+    teacher = PassOutputs([], _head(seed=1))
+    student_head = {k: [f.clone().requires_grad_() for f in v] if isinstance(v, list) else v.clone().requires_grad_()
+                    for k, v in _head(seed=2).items()}
+    same, _ = loss(PassOutputs([], teacher.head), teacher)
+    assert abs(same.item()) < 1e-6
+    value, aux = loss(PassOutputs([], student_head), teacher)
+    assert aux is None and value.item() > 0
+    if isinstance(loss, ClassScoreLoss):
+        ref = _ref_cls(student_head["scores"], teacher.head["scores"])
+        inputs = [student_head["scores"]]
+    elif isinstance(loss, BoxDistributionLoss):
+        ref = _ref_dfl(student_head["boxes"], teacher.head["boxes"], teacher.head["scores"], loss.temperature)
+        inputs = [student_head["boxes"]]
+    else:
+        ref = _ref_cwd(student_head["feats"], teacher.head["feats"], loss.temperature)
+        inputs = student_head["feats"]
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    g = torch.autograd.grad(value, inputs, retain_graph=True)
+    g_ref = torch.autograd.grad(ref, inputs)
+    assert all(torch.allclose(a.double(), b, rtol=1e-4, atol=1e-7) for a, b in zip(g, g_ref))
+
+
+def test_registry_and_parse():
+    """kd= names losses by registry name, '+'-joined; unknown names list the known ones."""
+    assert set(KD_LOSSES) == {"ost", "cls", "dfl", "cwd"}
+    assert parse_kd("cwd+cls+dfl") == ["cwd", "cls", "dfl"] and parse_kd("none") == [] and parse_kd(None) == []
+    assert parse_kd("auto") == ["auto"]
+    with pytest.raises(ValueError, match=r"kd=ost\+kl: unknown distillation loss 'kl'. Known losses: .*ost"):
+        parse_kd("ost+kl")
+
+
+def test_cosine_schedule():
+    """kd_schedule=cosine: 1 at the start of the quantized phase, 0.01 at its end; constant stays 1."""
+    m = _model(kd="cls")
+    d = m.distiller
+    assert d.scale() == 1.0
+    d.schedule = "cosine"
+    for p, v in ((0.0, 1.0), (0.5, 0.505), (1.0, 0.01)):
+        d.progress = p
+        assert d.scale() == pytest.approx(v)
+
+
+def test_item_columns_are_fixed_from_the_start():
+    """Outside the quantized phase (and at eval) the distiller's columns exist at 0: results.csv keeps its columns."""
+    m = _model(kd="ost+cls")
+    m.yaml["quant"]["enabled"] = False  # the float phase
+    _, items = m.loss(_batch())
+    assert list(items)[3:] == ["kd_loss", "kd_ost", "kd_cls", "fp_loss"]
+    assert items["kd_loss"] == 0 and items["fp_loss"] > 0
+
+
+# The float self as an artefact ----------------------------------------------------------------------------------------
+def test_float_self_val_predict_export(qtrained, synth_yaml, tmp_path, log):
+    """best.pt of a co-trained run validates, predicts and exports as its float self (as_float=True); the default is
+    the quantized model; the CLI says which it evaluated."""
+    import onnxruntime as ort
+
+    best = qtrained / "weights" / "best.pt"
+    m = GhostYOLO(best)
+    q = m.val(data=str(synth_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False)
+    f = m.val(data=str(synth_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False, as_float=True)
+    assert "evaluating the float self of" in log.text and "evaluating the quantized model" in log.text
+    assert q.box.map50 >= 0 and f.box.map50 >= 0 and m.model.yaml["quant"]["enabled"]  # the model is left quantized
+    img = next((synth_yaml.parent / "images" / "val").glob("*_co.png"))
+    res = m.predict(str(img), imgsz=IMGSZ, as_float=True, conf=0.0001)
+    assert len(res) == 1 and res[0].ir_img is not None
+    onnx = m.export(format="onnx", imgsz=IMGSZ, as_float=True)
+    assert onnx.endswith("best_float.onnx")
+    sess = ort.InferenceSession(onnx)
+    assert not any(n.op_type == "QuantizeLinear" for n in __import__("onnx").load(onnx).graph.node)
+    x = np.random.default_rng(0).random((1, 4, IMGSZ, IMGSZ), dtype=np.float32)
+    fs = to_float_self(deepcopy(m.model)).fuse(verbose=False).eval()
+    with torch.no_grad():
+        ref = fs(torch.from_numpy(x))[0].numpy()
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert np.abs(out - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+    assert entrypoint(f"val model={best} data={synth_yaml} imgsz={IMGSZ} batch=8 workers=0 plots=False "
+                      f"as_float=True project={tmp_path}") == 0
+
+
+def test_float_self_errors(trained, synth_yaml, tmp_path, log):
+    """as_float on a model without a float self, a head loss with a teacher of other classes, compile with kd,
+    an unknown float_self mode: one clear line each."""
+    best = trained / "weights" / "best.pt"
+    assert entrypoint(f"val model={best} data={synth_yaml} imgsz={IMGSZ} as_float=True") == 2
+    assert "this model has no float self" in log.text
+    other = GhostDetectionModel("ghost-n.yaml", ch=4, nc=3, verbose=False)
+    path = tmp_path / "nc3.pt"
+    torch.save({"model": other, "train_args": {}}, path)
+    base = f"train model={best} data={synth_yaml} bits=4 epochs=1 imgsz={IMGSZ} workers=0 project={tmp_path}"
+    for extra, message in [
+        (f"kd=cls+dfl teacher={path}", "predicts 3 classes, the student 8"),
+        ("kd=cls compile=True", "compile=True cannot be used with kd=cls"),
+        ("float_self=twin", "float_self=twin is not a teacher mode: use cotrain or shared"),
+        ("kd=ost+nope", "unknown distillation loss 'nope'"),
+    ]:
+        assert entrypoint(f"{base} {extra}") == 2, extra
+        assert message in log.text, extra
+
+
+def test_summary_compares_float_self_and_quantized_of_the_same_epoch(qtrained):
+    """summary.json: the float self and the quantized model are best.pt's, the float phase's figure named apart."""
+    q = json.loads((qtrained / "summary.json").read_text())["quantization"]
+    assert q["float_self"]["epoch"] == q["quantized"]["epoch"]
+    assert set(q["float_start"]) == {"mAP50", "mAP50-95", "epoch"}
+    best, _ = load_checkpoint(qtrained / "weights" / "best.pt")
+    assert float_bn_layers(best) and best.yaml["quant"].get("float_bn") is True
