@@ -1,7 +1,16 @@
 """The ``ghost`` command: ``ghost MODE key=value ...`` like ``yolo``, with ghost-yolo's keys and modes.
 
-Parsing reuses Ultralytics' own helpers (``merge_equals_args``, ``parse_key_value_pair``), so values are typed the same
-way; unknown keys are rejected with "similar arguments" hints over Ultralytics' keys and ghost's.
+Parsing reuses Ultralytics' own helpers (``merge_equals_args``, ``parse_key_value_pair``, its handling of deprecated
+keys), so values are typed the same way; unknown keys are rejected with "similar arguments" hints over Ultralytics'
+keys and ghost's. Bare words mean what they mean to ``yolo``: a boolean key alone is ``key=True`` (``ghost train resume
+model=last.pt``, ``ghost export ... dynamic``), the task word ``detect`` is accepted, ``help`` shows help.
+
+The ``yolo`` command's defaults, reproduced explicitly: Ultralytics gives ``yolo predict`` different defaults from
+``YOLO(...).predict()`` in Python (``save=True``, a verbose model set-up, and ``predict_cli``, which streams through
+the source without keeping results), deciding by ``sys.argv[0]`` ending in ``yolo`` (``ultralytics/engine/model.py``,
+``is_cli``). Under ``ghost`` that test is false, so ``run`` passes the same defaults itself (only where the user did
+not set them). Nothing else in Ultralytics' train, val or export depends on the command name. Ultralytics' printed
+``yolo <mode> ...`` hints are shown as ``ghost <mode> ...`` commands (``ghost_yolo.utils.hints``).
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+from ultralytics.cfg import TASKS, _handle_deprecation, merge_equals_args, parse_key_value_pair
 from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
 
 from ghost_yolo.cfg import CFG_DIR, ghost_defaults
+from ghost_yolo.engine.predictor import GhostPredictor
+from ghost_yolo.utils.hints import ghost_hints
 
 MODES = {
     "train": "train a detector (no arguments: ghost-n on the built-in vedai-synth demo data)",
@@ -35,6 +46,11 @@ TOOL_KEYS = {
     "info": ("imgsz", "bits", "hq_threshold", "bit_min", "bit_max", "keep_first", "keep_head", "project", "name",
              "exist_ok"),
 }
+# What `yolo predict` gets and `YOLO(...).predict()` does not (Ultralytics' `is_cli`): the user's own keys win
+CLI_PREDICT = {"save": True}
+# Bare words `yolo` reads as True although their defaults are not booleans (missing or None), as in its entrypoint
+BARE_FLAGS = {"half", "int8", "end2end", "nms"}
+TASK = "detect"  # the only task of ghost-yolo models
 
 HELP = f"""
 Usage: ghost MODE [key=value ...]
@@ -51,6 +67,7 @@ Examples:
   ghost export model=best.pt format=onnx dynamic=True
   ghost export model=best.pt format=onnx int4=True                    # quantized: int8/INT4 weights, QLinearConv
   ghost export model=best.pt format=ghost                             # packed .ghost (GhostYOLO('best.ghost'))
+  ghost train resume model=runs/detect/train/weights/last.pt          # continue an interrupted run
   ghost train model=best.pt data=vedai-synth.yaml bits=hq epochs=10   # quantize a float model (HQ widths) + QAT
   ghost train model=ghost-n.yaml bits=hq fp_epochs=10 epochs=20      # float first, then HQ search and QAT
   ghost search model=best.pt hq_threshold=0.1                         # widths only: table, bits.yaml, bits.png
@@ -58,6 +75,8 @@ Examples:
   ghost convert-vedai source=path/to/VEDAI save_dir=datasets/vedai
 
 Keys: every Ultralytics key (run 'yolo cfg' to list them) plus ghost's own; 'ghost MODE help' shows ghost's.
+A boolean key alone means key=True (resume, save_txt, dynamic, half, int4, ...), as with 'yolo'.
+predict saves annotated images to runs/detect/predict* like 'yolo predict' (save=False to only print).
 Shipped YAMLs resolve by name: models {", ".join(sorted(p.name for p in (CFG_DIR / "models").glob("*.yaml")))};
 data {", ".join(sorted(p.name for p in (CFG_DIR / "datasets").glob("*.yaml")))}.
 """
@@ -72,28 +91,70 @@ def mode_help(mode: str) -> str:
     return f"\nghost {mode}: {MODES[mode]}\n\nghost keys (cfg/default.yaml), plus every Ultralytics key ('yolo cfg'):\n\n{doc}"
 
 
+def similar(key: str, base: dict[str, Any]) -> str:
+    """The hint naming the valid keys closest to ``key`` (an empty string when none is close)."""
+    close = [f"{m}={base[m]}" if base[m] is not None else m for m in get_close_matches(key, base, n=3)]
+    return f" Similar arguments are i.e. {close}." if close else ""
+
+
 def check_keys(base: dict[str, Any], custom: dict[str, Any]) -> None:
     """Reject unknown keys, with the closest valid ones as hints."""
     bad = [k for k in custom if k not in base]
     if bad:
-        lines = []
-        for k in bad:
-            close = get_close_matches(k, base, n=3)
-            hint = f" Similar arguments are i.e. {[f'{m}={base[m]}' if base[m] is not None else m for m in close]}." if close else ""
-            lines.append(f"'{k}' is not a valid ghost argument.{hint}")
+        lines = [f"'{k}' is not a valid ghost argument.{similar(k, base)}" for k in bad]
         raise SyntaxError("\n".join(lines) + "\nRun 'ghost help' for usage.")
 
 
-def parse_args(args: list[str], base: dict[str, Any]) -> dict[str, Any]:
-    """``key=value`` tokens to a typed dict, checked against ``base``."""
+def parse_args(args: list[str], base: dict[str, Any], tasks: bool = True) -> dict[str, Any]:
+    """``key=value`` tokens and bare words to a typed dict, checked against ``base`` (as ``yolo`` reads them).
+
+    A bare boolean key of ``base`` (``resume``, ``save_txt``, ``dynamic``, ghost's ``int4``) and ``yolo``'s bare flags
+    ``half``/``int8``/``end2end``/``nms`` mean ``key=True``; with ``tasks``, the task word ``detect`` sets
+    ``task=detect``. Deprecated Ultralytics keys (``half``, ``int8``, ...) are mapped as ``yolo`` maps them.
+    """
     overrides = {}
     for a in merge_equals_args(args):
-        if "=" not in a:
-            raise SyntaxError(f"'{a}' is not a key=value pair. Run 'ghost help' for usage.")
-        k, v = parse_key_value_pair(a)
-        overrides[k] = v
+        if a.startswith("--"):
+            LOGGER.warning(f"argument '{a}' does not require leading dashes '--', updating to '{a[2:]}'.")
+            a = a[2:]
+        if a.endswith(","):
+            LOGGER.warning(f"argument '{a}' does not require trailing comma ',', updating to '{a[:-1]}'.")
+            a = a[:-1]
+        if "=" in a:
+            try:
+                k, v = parse_key_value_pair(a)
+            except AssertionError as e:  # 'key=' with no value
+                raise SyntaxError(f"{e} in '{a}'. Run 'ghost help' for usage.") from e
+            overrides[k] = v
+        elif tasks and a in TASKS:
+            if a != TASK:
+                raise SyntaxError(f"ghost-yolo models are detectors: task '{a}' is not available, only '{TASK}'")
+            overrides["task"] = a
+        elif isinstance(base.get(a), bool) or (tasks and a in BARE_FLAGS):
+            overrides[a] = True
+        elif a in base:
+            example = f"{a}={base[a]}" if base[a] is not None else f"{a}=VALUE"
+            raise SyntaxError(f"'{a}' is not a key=value pair: it needs a value, i.e. '{example}' "
+                              "(only boolean keys stand alone). Run 'ghost help' for usage.")
+        else:
+            raise SyntaxError(f"'{a}' is not a key=value pair nor a boolean key.{similar(a, base)} "
+                              "Run 'ghost help' for usage.")
+    if tasks:
+        overrides = _handle_deprecation(overrides)  # e.g. half -> quantize=16, with Ultralytics' warning
     check_keys(base, overrides)
     return overrides
+
+
+class CLIPredictor(GhostPredictor):
+    """``GhostPredictor`` with the verbose model set-up (device, fused summary) that ``yolo predict`` prints.
+
+    ``Model.predict`` sets the model up with ``verbose=is_cli`` and offers no argument for it; passing this class as
+    ``predictor=`` keeps that default without touching ``sys.argv``.
+    """
+
+    def setup_model(self, model: Any, verbose: bool = True) -> None:
+        """Set up the model verbosely, as under the ``yolo`` command."""
+        super().setup_model(model, verbose=True)
 
 
 def run(mode: str, overrides: dict[str, Any]) -> Any:
@@ -120,13 +181,18 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
         kw = {k: overrides[k] for k in TOOL_KEYS[mode] if k in overrides}
         return m.search(**kw) if mode == "search" else m.quant_info(**kw)
     if mode == "predict":
-        return m.predict(source=source, **overrides)
+        # yolo's CLI defaults (save=True, verbose set-up) and its predict_cli: stream, keeping no results in memory
+        for _ in m.predict(source=source, stream=True, predictor=CLIPredictor, **{**CLI_PREDICT, **overrides}):
+            pass
+        return None
     return getattr(m, mode)(**overrides)
 
 
 def entrypoint(debug: str = "") -> int:
     """Console script ``ghost``; returns the exit status (errors print one clear line, no traceback)."""
     args = debug.split() if debug else sys.argv[1:]
+    if len(args) > 1 and args[0] in TASKS:  # 'ghost detect train ...' as 'yolo detect train ...': the task word follows
+        args = [*args[1:], args[0]]
     if not args or args[0] in {"help", "-h", "--help"}:
         LOGGER.info(HELP)
         return 0
@@ -145,14 +211,16 @@ def entrypoint(debug: str = "") -> int:
         LOGGER.info(mode_help(mode))
         return 0
     base = CONVERT_KEYS if mode == "convert-vedai" else {**DEFAULT_CFG_DICT, **ghost_defaults()}
-    try:
-        overrides = parse_args(rest, base)
-        run(mode, overrides)
-    except (SyntaxError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError) as e:
-        if os.environ.get("GHOST_DEBUG"):
-            raise
-        LOGGER.error(f"ghost {mode}: error: {e}")
-        return 2
+    with ghost_hints():  # Ultralytics' 'yolo <mode> ...' hints, errors included, print as 'ghost <mode> ...'
+        try:
+            overrides = parse_args(rest, base, tasks=mode != "convert-vedai")
+            run(mode, overrides)
+        except (SyntaxError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError,
+                AssertionError) as e:
+            if os.environ.get("GHOST_DEBUG") or (isinstance(e, AssertionError) and not str(e)):
+                raise  # a bare assert is a bug, not a message for the user: keep its traceback
+            LOGGER.error(f"ghost {mode}: error: {e}")
+            return 2
     return 0
 
 

@@ -23,6 +23,7 @@ from ghost_yolo.quant.qdq import (
     to_qdq,
     trained_output_grids,
 )
+from ghost_yolo.utils.hints import ghost_hints
 
 
 class GhostExporter(Exporter):
@@ -40,6 +41,12 @@ class GhostExporter(Exporter):
         """Ultralytics' exporter plus the integer-export options."""
         super().__init__(cfg, overrides, _callbacks)
         self.int4, self.calib, self.calib_data, self.modality = bool(int4), int(calib), calib_data, modality
+
+    def __call__(self, model: torch.nn.Module) -> str:
+        """Export like Ultralytics; its closing 'Predict:'/'Validate:' hints print ``ghost`` commands (4-channel models
+        fail under ``yolo``), in the Python API too."""
+        with ghost_hints():
+            return super().__call__(model)
 
     def calibration_images(self) -> Iterator[torch.Tensor]:
         """Letterboxed val images of the calibration data, as float batches in [0, 1] on the export device."""
