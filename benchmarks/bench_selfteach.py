@@ -228,9 +228,9 @@ def report(records: list[dict], fp_rec: dict | None = None) -> str:
                 lines.append(f"| {arm} | {seeds} | {m50:.1f} | {m:.1f} | {mean:+.2f} {ci} | {mean_m:+.2f} | "
                              f"{ahead} of {len(pairs)} | {fs_txt} |")
             lines.append("")
-    step = RESULTS / "selfteach_step.md"
-    if step.exists():
-        lines += [step.read_text().strip(), ""]
+    for extra in ("selfteach_grad.md", "selfteach_step.md"):
+        if (RESULTS / extra).exists():
+            lines += [(RESULTS / extra).read_text().strip(), ""]
     return "\n".join(lines)
 
 
@@ -358,6 +358,52 @@ def bench_step(data: Path, imgsz: int, reps: int) -> str:
     return "\n".join(lines)
 
 
+def gradient_ratios(fp: Path, data: Path, width: str = "W4", n_batches: int = 4) -> str:
+    """How strong each loss is at its default weight: the norm of its gradient on the shared conv weights over the
+    detection loss's, at the start of QAT from the converged float model (the teacher: that float model)."""
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import load_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_quant import real_batch
+
+    from ghost_yolo.cfg import ghost_defaults
+    from ghost_yolo.distill import KD_LOSSES, Distiller, default_kd_layers, feature_channels
+    from ghost_yolo.distill.teacher import bn_stats_frozen
+    from ghost_yolo.quant import calibrate, float_mode, quant_layers, quantize_model, resolve_bits, set_bits
+
+    torch.manual_seed(0)
+    batches = [real_batch(data, SETTINGS["imgsz"], SETTINGS["batch"]) for _ in range(n_batches)]
+    model = load_checkpoint(fp, device="cpu")[0].float()
+    model.args = get_cfg()
+    quantize_model(model, bits=8, out_quant=ghost_defaults()["out_quant"])
+    spec = WIDTHS[width]
+    set_bits(model, resolve_bits(spec["bits"], model, hq_threshold=spec.get("hq_threshold", 0.1)))
+    calibrate(model, batches[0]["img"])
+    model.train()
+    layers = default_kd_layers(model)
+    d = Distiller.from_spec(model, list(KD_LOSSES), layers, feature_channels(model, layers),
+                            {**ghost_defaults(), "float_self": "shared"})
+    model.criterion = model.init_criterion()
+    weights = [m.weight for m in quant_layers(model).values()]
+    sums = dict.fromkeys(("det", *KD_LOSSES), 0.0)
+    for b in batches:
+        with torch.no_grad(), float_mode(model), bn_stats_frozen(model):
+            teacher, _ = d._run(model, b["img"], full=True)
+        student, preds = d._run(model, b["img"], full=True)
+        losses = {"det": model.criterion(preds, b)[0].sum() / b["img"].shape[0],
+                  **{n: d.weights[n] * t(student, teacher)[0] for n, t in d.terms.items()}}
+        for name, value in losses.items():
+            g = torch.autograd.grad(value, weights, retain_graph=True, allow_unused=True)
+            sums[name] += float(torch.sqrt(sum((x.float() ** 2).sum() for x in g if x is not None)))
+    lines = [f"Gradient norm of each loss at its default weight on the shared conv weights, as a fraction of the "
+             f"detection loss's, at the start of {width} QAT from the converged float model ({n_batches} augmented "
+             f"batches of {SETTINGS['batch']}, {SETTINGS['imgsz']} px):", ""]
+    lines += [f"- {n} (weight {KD_LOSSES[n].default_weight:g}): {sums[n] / sums['det']:.1%}" for n in KD_LOSSES]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -370,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="only rewrite selfteach.md from the cache")
     p.add_argument("--step", action="store_true", help="step time and memory section (selfteach_step.md)")
     p.add_argument("--step-reps", type=int, default=11)
+    p.add_argument("--grad-ratio", action="store_true", help="gradient of each loss vs detection (selfteach_grad.md)")
     p.add_argument("--memory-arm", help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--imgsz", type=int, default=256, help="step section image size (256, as bench_distill)")
@@ -386,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / "selfteach_step.md").write_text(bench_step(small, a.imgsz, a.step_reps) + "\n")
         write_report(a.work)
         return 0
-    fp, fp_rec = converged_float(a.work, small, full) if a.regime == "A" else (None, None)
+    fp, fp_rec = converged_float(a.work, small, full) if a.regime == "A" or a.grad_ratio else (None, None)
+    if a.grad_ratio:
+        (RESULTS / "selfteach_grad.md").write_text(gradient_ratios(fp, small) + "\n")
+        write_report(a.work)
+        return 0
     if fp_rec:
         print(f"converged float model: {fp_rec}")
     done = {key(r) for r in load_cache()}

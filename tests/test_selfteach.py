@@ -290,3 +290,4 @@ def test_summary_compares_float_self_and_quantized_of_the_same_epoch(qtrained):
     assert set(q["float_start"]) == {"mAP50", "mAP50-95", "epoch"}
     best, _ = load_checkpoint(qtrained / "weights" / "best.pt")
     assert float_bn_layers(best) and best.yaml["quant"].get("float_bn") is True
+

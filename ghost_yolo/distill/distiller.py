@@ -172,7 +172,8 @@ class Distiller(nn.Module):
             weighted = self.weights[name] * scale * value
             values[f"kd_{name}"] = weighted.detach()
             total = weighted if total is None else total + weighted
-            if extra is not None:
+            if extra is not None:  # a loss's own parameters (OST's gate) learn as strongly as kd_weight asks
+                extra = extra * (scale * self.weights[name] / term.default_weight if term.default_weight else scale)
                 aux = extra if aux is None else aux + extra
         return total, (total.new_zeros(()) if aux is None else aux), values
 

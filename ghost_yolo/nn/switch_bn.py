@@ -70,7 +70,9 @@ def has_float_bn(model: nn.Module) -> bool:
 def add_float_bn(model: nn.Module) -> int:
     """Give every BatchNorm2d of ``model`` a float-self twin (in place); returns how many were switched."""
     n = 0
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
+        if isinstance(m, SwitchableBatchNorm2d):
+            continue  # its float_bn is the twin, not a BatchNorm to switch (calling this twice changes nothing)
         for attr, child in list(m.named_children()):
             if type(child) is nn.BatchNorm2d:
                 setattr(m, attr, SwitchableBatchNorm2d.from_bn(child))
