@@ -14,12 +14,13 @@ from typing import Any
 from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import initialize_weights
 
 from ghost_yolo.cfg import resolve_yaml
 
 from .fusion import DualStreamStem
+from .pretrained import seed_first_layer
 from .qconv import QConv2d
 
 # Blocks a YAML may name that Ultralytics does not know: name -> (class, stand-in used while parsing).
@@ -102,6 +103,18 @@ class GhostDetectionModel(DetectionModel):
                 from ghost_yolo.quant.apply import add_float_self
 
                 add_float_self(self)
+
+    def load(self, weights: dict | nn.Module, verbose: bool = True) -> None:
+        """Ultralytics' transfer of matching tensors, then the first layer seeded across input bands: RGB weights into
+        RGB+IR, IR-only or dual-stream models keep their stem's response (``nn.pretrained``)."""
+        source = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        super().load(weights, verbose=verbose)
+        if (seeded := seed_first_layer(self, source)) is not None:
+            level, message = seeded
+            if level == "warning":
+                LOGGER.warning(f"ghost: {message}")
+            elif verbose:
+                LOGGER.info(f"{colorstr('ghost:')} {message}")
 
     def loss(self, batch: dict[str, Any], preds: Any = None):
         """Ultralytics' detection loss, plus the OST self-distillation term when a distiller is attached."""
