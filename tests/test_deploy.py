@@ -271,3 +271,25 @@ def test_dynamic_integer_onnx(w4_model, synth_yaml):
         y_pt = _fused(w4_model)(x)[0].numpy()
     assert y_ort.shape == y_pt.shape and y_ort.shape[0] == 2
     assert np.mean(np.abs(y_pt[:, 4:] - y_ort[:, 4:]) < 0.01) > 0.99
+
+
+def test_quantized_dual_stream_model_exports(synth_yaml, tmp_path):
+    """A quantized dual-stream model (squeeze-excite: a global mean, exported as ReduceMean) exports to integer ONNX
+    and onnxruntime reproduces the fused PyTorch model."""
+    from ghost_yolo.nn.model import GhostDetectionModel
+
+    torch.manual_seed(0)
+    net = GhostDetectionModel("ghost-n-dual.yaml", ch=4, nc=8, verbose=False)
+    quantize_model(net, bits=8, out_quant=True)
+    x = _val_images(synth_yaml, 4)
+    calibrate(net, x)
+    path = tmp_path / "dual.pt"
+    torch.save({"model": net.half(), "train_args": {"imgsz": IMGSZ}}, path)
+    model = GhostYOLO(path)
+    f = model.export(format="onnx", imgsz=IMGSZ)
+    g = onnx.load(f).graph
+    assert any(n.op_type == "ReduceMean" for n in g.node) and any(n.op_type == "QuantizeLinear" for n in g.node)
+    ref = _fused(model)(x)[0].detach().numpy()
+    out = _ort(f, x)
+    scores = slice(4, None)
+    assert np.mean(np.abs(out[:, scores] - ref[:, scores]) < 0.01) > 0.95

@@ -31,7 +31,9 @@ from ghost_yolo.nn.quantizers import LSQAct
 
 __all__ = ("QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "qdq_summary", "to_qdq", "trained_output_grids")
 
-DYNAMIC_RANGE_OPS = {"ReduceMax", "ReduceMin", "DynamicQuantizeLinear", "ReduceMean", "ArgMax"}
+# ops that compute a quantization range at run time; a plain ReduceMean is not one (the dual stem's squeeze-excite
+# and other global poolings export as ReduceMean)
+DYNAMIC_RANGE_OPS = {"ReduceMax", "ReduceMin", "DynamicQuantizeLinear", "ArgMax"}
 OUTPUT_CALIB_SAMPLES = 1 << 20  # values kept per layer for the output-range fit (a fixed strided subsample)
 
 
