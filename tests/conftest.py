@@ -51,12 +51,12 @@ def trained(synth_yaml, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def qtrained(synth_yaml, tmp_path_factory) -> Path:
-    """The default pipeline: one float epoch (fp_epochs = epochs // 2), the HQ search, one quantized (LSQ) epoch with
-    OST self-distillation; returns the run directory."""
+    """The whole pipeline: one float epoch (fp_epochs = epochs // 2), the HQ search, one quantized (LSQ) epoch with
+    OST self-distillation from the co-trained float self; returns the run directory."""
     from ghost_yolo import GhostYOLO
 
     project = tmp_path_factory.mktemp("qruns")
-    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), epochs=2, hq_threshold=0.05,
+    GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), epochs=2, hq_threshold=0.05, kd="ost", float_self="cotrain",
                                     imgsz=IMGSZ, batch=8, workers=0, project=str(project), name="q", exist_ok=True,
                                     plots=True, seed=0, deterministic=True)
     return project / "q"

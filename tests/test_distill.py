@@ -16,7 +16,6 @@ from ultralytics.utils import DEFAULT_CFG
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.distill import (
-    AUTO_KD,
     ExternalTeacher,
     Distiller,
     OSTLoss,
@@ -284,7 +283,7 @@ def test_pipeline_outputs(qtrained):
     assert all(0 <= float(v) <= 1 for v in gates[1].split(",")[1:])
     assert (qtrained / "gates.png").stat().st_size > 1000
     s = json.loads((qtrained / "summary.json").read_text())
-    assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == AUTO_KD and s["distillation"]["teacher"] == "self"
+    assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == "ost" and s["distillation"]["teacher"] == "self"
     q = s["quantization"]
     assert q["bits"] == "hq" and q["quantized"]["size_mb"] < q["float_self"]["size_mb"] / 3
     assert q["quantized"]["mAP50"] is not None and q["float_self"]["mAP50"] is not None and 2 <= q["avg_w_bits"] <= 8

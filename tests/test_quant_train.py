@@ -92,7 +92,7 @@ def test_resume_in_quantized_phase(synth_yaml, tmp_path):
     m.add_callback("on_fit_epoch_end", stop)
     with pytest.raises(KeyboardInterrupt):
         m.train(data=str(synth_yaml), epochs=3, fp_epochs=1, bits=4, imgsz=IMGSZ, batch=8, workers=0,
-                project=str(tmp_path), name="r", plots=False)
+                project=str(tmp_path), name="r", plots=False, kd="ost", float_self="cotrain")
     last = tmp_path / "r" / "weights" / "last.pt"
     saved, _ = load_checkpoint(last)
     seen = {}

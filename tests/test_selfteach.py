@@ -291,3 +291,40 @@ def test_summary_compares_float_self_and_quantized_of_the_same_epoch(qtrained):
     best, _ = load_checkpoint(qtrained / "weights" / "best.pt")
     assert float_bn_layers(best) and best.yaml["quant"].get("float_bn") is True
 
+
+
+def test_frozen_float_self_teaches_and_resumes(trained, synth_yaml, tmp_path):
+    """float_self=frozen: the float model at the start of the quantized phase teaches (saved as float_teacher.pt, not
+    inside the checkpoints); a run resumed in its quantized phase teaches with that same file."""
+    best = trained / "weights" / "best.pt"
+    m = GhostYOLO(best)
+
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    m.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(KeyboardInterrupt):
+        m.train(data=str(synth_yaml), bits=4, kd="cls+dfl", float_self="frozen", epochs=2, imgsz=IMGSZ, batch=8,
+                workers=0, project=str(tmp_path), name="fz", plots=False, val=False, seed=0)
+    run = tmp_path / "fz"
+    teacher, _ = load_checkpoint(run / "weights" / "float_teacher.pt")
+    start, _ = load_checkpoint(best)
+    ts, ss = teacher.state_dict(), start.state_dict()
+    assert all(torch.equal(ts[k].half(), ss[k].half()) for k in ss if "conv.weight" in k or "bn." in k)
+    last, _ = load_checkpoint(run / "weights" / "last.pt")
+    assert not last.distiller.teacher and not float_bn_layers(last)  # no teacher, no float BN set in checkpoints
+    head = (run / "results.csv").read_text().splitlines()[0].split(",")
+    assert "train/kd_cls" in head and "train/fp_loss" not in head
+    seen = {}
+
+    def grab(trainer):
+        d = trainer.model.distiller
+        seen["path"], seen["mode"] = d.teacher.path, d.float_self
+
+    resumed = GhostYOLO(run / "weights" / "last.pt")
+    resumed.add_callback("on_train_start", grab)
+    resumed.train(resume=True, workers=0)
+    assert seen == {"path": str(run / "weights" / "float_teacher.pt"), "mode": "frozen"}
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and float(rows[2].split(",")[head.index("train/kd_loss")]) > 0

@@ -5,6 +5,8 @@
 - ``float_self="cotrain"``: the model's own float self (quantizers bypassed, its own BatchNorm set), trained every step
   with its own detection loss; the student learns from its detached outputs; one optimizer step over the summed
   gradients (switchable-precision training, selfteach.md §3);
+- ``float_self="frozen"``: the float self as it is when the quantized phase starts (the float model QAT starts from),
+  kept frozen: no separate teacher to train, and it cannot degrade while the student learns;
 - ``float_self="shared"``: the float self sharing the student's BatchNorm, run without gradient with BN statistics
   frozen (GHOST's reading of the method, the project's first implementation);
 - ``teacher=path.pt``: a frozen float model of the same architecture (an ``ExternalTeacher``).
@@ -31,7 +33,7 @@ from .teacher import ExternalTeacher, bn_stats_frozen, capture_features, teacher
 
 __all__ = ("FLOAT_SELF_MODES", "SCHEDULES", "Distiller")
 
-FLOAT_SELF_MODES = ("cotrain", "shared")
+FLOAT_SELF_MODES = ("frozen", "cotrain", "shared")
 SCHEDULES = ("constant", "cosine")
 COSINE_END = 0.01  # the cosine schedule's final factor (YOLOv6's QAT: 1 -> 0.01)
 
@@ -52,13 +54,13 @@ class Distiller(nn.Module):
         terms: ``{name: KDLoss}`` in the order ``kd=`` named them.
         weights: ``{name: weight}`` (the loss's default weight times ``kd_weight``).
         layers: Indices into ``model.model`` whose outputs are captured for layer-level losses (OST).
-        float_self: ``cotrain`` or ``shared`` (see the module docstring); ignored with an external teacher.
+        float_self: ``frozen``, ``cotrain`` or ``shared`` (see the module docstring); ignored with an external teacher.
         schedule: ``constant`` or ``cosine`` (1 -> 0.01 over the quantized phase).
         bf16_teacher: Run a no-gradient teacher pass in bfloat16 on CPU (None: where the CPU has native bf16).
     """
 
     def __init__(self, terms: dict[str, KDLoss], weights: dict[str, float], layers: Sequence[int],
-                 float_self: str = "cotrain", schedule: str = "constant", bf16_teacher: bool | None = None):
+                 float_self: str = "frozen", schedule: str = "constant", bf16_teacher: bool | None = None):
         """Hold the losses; the trainer sets ``teacher`` and the schedule's progress."""
         super().__init__()
         if not terms:
@@ -103,7 +105,8 @@ class Distiller(nn.Module):
 
     def describe(self) -> str:
         """One line for logs and the run summary."""
-        teacher = (f"frozen teacher {self.teacher.path}" if self.teacher else
+        teacher = ("its float self, frozen at the start of the quantized phase" if self.float_self == "frozen" else
+                   f"frozen teacher {self.teacher.path}" if self.teacher else
                    "its co-trained float self (own BatchNorm, own detection loss)" if self.cotrained else
                    "its float self (shared BatchNorm, no gradient)")
         terms = " + ".join(f"{k} x{w:g}" for k, w in self.weights.items())
@@ -223,5 +226,5 @@ class Distiller(nn.Module):
         scale = float(args.get("kd_weight", 1.0) if args.get("kd_weight") is not None else 1.0)
         weights = {n: KD_LOSSES[n].default_weight * scale for n in names}
         needs_layers = any(t.needs_layers for t in terms.values())
-        return cls(terms, weights, layers if needs_layers else [], float_self=str(args.get("float_self") or "cotrain"),
+        return cls(terms, weights, layers if needs_layers else [], float_self=str(args.get("float_self") or "frozen"),
                    schedule=str(args.get("kd_schedule") or "constant"), bf16_teacher=args.get("bf16_teacher"))

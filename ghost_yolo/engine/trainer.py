@@ -12,6 +12,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
@@ -22,6 +23,7 @@ from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
 from ghost_yolo.distill import (
     AUTO_KD,
+    ExternalTeacher,
     FLOAT_SELF_MODES,
     Distiller,
     feature_channels,
@@ -128,9 +130,9 @@ class GhostTrainer(DetectionTrainer):
     def prepare_distillation(self, model: GhostDetectionModel) -> None:
         """Attach the distiller (``kd=``, by default ``AUTO_KD`` for quantized runs) with its losses and teacher.
 
-        The teacher is the model's own float self (``float_self=cotrain``: with its own BatchNorm set, trained every
-        step; ``shared``: the student's BatchNorm, no gradient) unless ``teacher=path.pt`` names a frozen float model of
-        the same architecture. Distillation runs in the quantized phase only; its loss columns exist from the start.
+        The teacher is the model's own float self (``float_self=frozen``: as the quantized phase starts, frozen;
+        ``cotrain``: with its own BatchNorm set, trained every step; ``shared``: the student's BatchNorm, no gradient)
+        unless ``teacher=path.pt`` names a frozen float model of the same architecture. Distillation runs in the quantized phase only; its loss columns exist from the start.
         """
         names = parse_kd(self.args.kd)
         quantized = is_quantized(model) or self.quant_spec == "hq"
@@ -143,7 +145,7 @@ class GhostTrainer(DetectionTrainer):
         if names and not quantized:
             LOGGER.warning(f"kd={'+'.join(names)}{f' teacher={teacher}' if teacher else ''} on a float run (bits=32): "
                            "the float model has nothing to learn from its float self; distillation is off")
-        float_self = str(self.args.float_self or "cotrain").strip().lower()
+        float_self = str(self.args.float_self or ghost_defaults()["float_self"]).strip().lower()
         if float_self not in FLOAT_SELF_MODES:
             raise ValueError(f"float_self={self.args.float_self} is not a teacher mode: use "
                              f"{' or '.join(FLOAT_SELF_MODES)}")
@@ -158,6 +160,9 @@ class GhostTrainer(DetectionTrainer):
         args = {**vars(self.args), "float_self": float_self,
                 "bf16_teacher": None if self.args.amp not in (False, "fp32") else False}
         distiller = Distiller.from_spec(model, names, layers, feature_channels(model, layers), args)
+        resumed_teacher = self.wdir / "float_teacher.pt"
+        if not teacher and float_self == "frozen" and self.args.resume and resumed_teacher.exists():
+            teacher = str(resumed_teacher)  # the frozen float self of the run being resumed
         if teacher:
             distiller.teacher = load_teacher(teacher, model, distiller.layers or layers, device=self.device,
                                              head=distiller.needs_head)
@@ -234,6 +239,7 @@ class GhostTrainer(DetectionTrainer):
             distortions = None
         bits = {n: m.bits for n, m in layers.items()}
         sync_float_bn(model)  # a co-trained float self starts from the float model's BatchNorm
+        self.freeze_float_self(model)
         set_quant_enabled(model, True)
         batch = self.preprocess_batch(next(iter(self.train_loader)))
         calibrate(model, batch["img"])
@@ -254,6 +260,21 @@ class GhostTrainer(DetectionTrainer):
                          hq_threshold=self.args.hq_threshold)
             if self.args.plots:
                 plot_bits(bits, self.save_dir / "bits.png", title=f"bits per layer ({self.args.bits})")
+
+    def freeze_float_self(self, model: GhostDetectionModel) -> None:
+        """``float_self=frozen``: the float model as the quantized phase starts becomes the frozen teacher; it is saved
+        as ``weights/float_teacher.pt`` so that ``resume=True`` teaches with the same model."""
+        distiller = getattr(model, "distiller", None)
+        if distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+            return
+        snapshot = deepcopy(model)
+        del snapshot.distiller
+        set_quant_enabled(snapshot, False)
+        path = self.wdir / "float_teacher.pt"
+        if RANK in {-1, 0}:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": deepcopy(snapshot).half(), "train_args": {}, "epoch": -1}, path)
+        distiller.teacher = ExternalTeacher(snapshot, str(path))
 
     def log_gates(self) -> None:
         """Log the SCM gates' open fraction per distilled layer for this epoch and append it to ``gates.csv``."""
