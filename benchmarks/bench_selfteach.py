@@ -6,6 +6,7 @@ Regime A (fine-tune): a converged float ghost-n on vedai-synth rgb+ir (trained u
 one-command pipeline): float epochs, HQ search, quantized epochs at one fixed total budget, from the model YAML.
 
 Arms (every arm of a seed shares that seed: data order, augmentation, calibration batch and start weights):
+  float          the same fine-tune in float (bits=32): what the float model reaches with this budget
   none           plain QAT (kd=none)
   ost-shared     OST from the live float self sharing the student's BatchNorm (the project's first implementation)
   ost-frozen     OST from the frozen converged float model (teacher=, the reference's way)
@@ -55,6 +56,8 @@ def arm_keys(arm: str, teacher: Path | None) -> dict:
     """Training keys of an arm (see the module docstring)."""
     if arm == "none":
         return {"kd": "none"}
+    if arm == "float":  # the reference: the same fine-tune without quantization (its width column is ignored)
+        return {"kd": "none", "bits": 32}
     if arm == "ost-shared":
         return {"kd": "ost", "float_self": "shared"}
     if arm == "ost-frozen":
