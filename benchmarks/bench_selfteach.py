@@ -380,9 +380,14 @@ def gradient_ratios(fp: Path, data: Path, width: str = "W4", n_batches: int = 4)
     batches = [real_batch(data, SETTINGS["imgsz"], SETTINGS["batch"]) for _ in range(n_batches)]
     model = load_checkpoint(fp, device="cpu")[0].float()
     model.args = get_cfg()
+    for p in model.parameters():  # checkpoints load frozen for inference, with in-place activations
+        p.requires_grad_(True)
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
     quantize_model(model, bits=8, out_quant=ghost_defaults()["out_quant"])
     spec = WIDTHS[width]
-    set_bits(model, resolve_bits(spec["bits"], model, hq_threshold=spec.get("hq_threshold", 0.1)))
+    set_bits(model, resolve_bits(spec["bits"], model, threshold=spec.get("hq_threshold", 0.1)))
     calibrate(model, batches[0]["img"])
     model.train()
     layers = default_kd_layers(model)
@@ -394,11 +399,11 @@ def gradient_ratios(fp: Path, data: Path, width: str = "W4", n_batches: int = 4)
     for b in batches:
         with torch.no_grad(), float_mode(model), bn_stats_frozen(model):
             teacher, _ = d._run(model, b["img"], full=True)
-        student, preds = d._run(model, b["img"], full=True)
-        losses = {"det": model.criterion(preds, b)[0].sum() / b["img"].shape[0],
-                  **{n: d.weights[n] * t(student, teacher)[0] for n, t in d.terms.items()}}
-        for name, value in losses.items():
-            g = torch.autograd.grad(value, weights, retain_graph=True, allow_unused=True)
+        for name in sums:  # a fresh student pass per loss (its own graph)
+            student, preds = d._run(model, b["img"], full=True)
+            value = (model.criterion(preds, b)[0].sum() / b["img"].shape[0] if name == "det" else
+                     d.weights[name] * d.terms[name](student, teacher)[0])
+            g = torch.autograd.grad(value, weights, allow_unused=True)
             sums[name] += float(torch.sqrt(sum((x.float() ** 2).sum() for x in g if x is not None)))
     lines = [f"Gradient norm of each loss at its default weight on the shared conv weights, as a fraction of the "
              f"detection loss's, at the start of {width} QAT from the converged float model ({n_batches} augmented "
