@@ -63,6 +63,7 @@ Examples:
   ghost train model=ghost-s-dual.yaml data=vedai.yaml imgsz=512 epochs=100
   ghost train data=vedai-synth.yaml modality=rgb   # same pairs, colour only (also: modality=ir)
   ghost val model=runs/detect/train/weights/best.pt
+  ghost val model=best.pt drop_modality=ir                            # as if the IR sensor were missing
   ghost predict model=best.pt source=path/to/pairs save_txt=True
   ghost export model=best.pt format=onnx dynamic=True
   ghost export model=best.pt format=onnx int4=True                    # quantized: int8/INT4 weights, QLinearConv
@@ -73,6 +74,7 @@ Examples:
   ghost search model=best.pt hq_threshold=0.1                         # widths only: table, bits.yaml, bits.png
   ghost info model=best.pt imgsz=512                                  # size MB and GBOPs per layer
   ghost convert-vedai source=path/to/VEDAI save_dir=datasets/vedai
+  ghost train data=datasets/vedai/vedai-fold01.yaml folds=1-10 imgsz=512   # VEDAI k-fold: folds.csv, mean ± std
 
 Keys: every Ultralytics key (run 'yolo cfg' to list them) plus ghost's own; 'ghost MODE help' shows ghost's.
 A boolean key alone means key=True (resume, save_txt, dynamic, half, int4, ...), as with 'yolo'.
@@ -176,6 +178,10 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
     if mode == "predict" and overrides.get("source") is None:
         raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
     source = overrides.pop("source", None) if mode == "predict" else None
+    if mode == "train" and overrides.get("folds") not in (None, ""):
+        from ghost_yolo.engine.folds import train_folds
+
+        return train_folds(model or "ghost-n.yaml", **overrides)  # one run per fold, folds.csv, mean ± std
     m = GhostYOLO(model or "ghost-n.yaml")
     if mode in TOOL_KEYS:
         kw = {k: overrides[k] for k in TOOL_KEYS[mode] if k in overrides}

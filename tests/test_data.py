@@ -527,16 +527,30 @@ def test_check_label_file(tmp_path):
 def test_empty_dataset_clear_error(tmp_path):
     for i in range(2):  # IR only: no colour images anywhere
         write(tmp_path / "images" / "train" / f"{i:04d}_ir.png", noise_bgr(i)[..., 0])
-    with pytest.raises(FileNotFoundError, match="no colour images.*_co"):
+    where = str(tmp_path / "images" / "train")
+    with pytest.raises(FileNotFoundError, match=f"no image pairs found in {where}: 2 IR images but no colour.*_co"):
         build(write_yaml(tmp_path), "val")
+
+
+def test_empty_folder_says_no_pairs_and_where(tmp_path):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "train" / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError) as e:
+        build(write_yaml(tmp_path), "val")
+    msg = str(e.value)
+    assert "no image pairs found in" in msg and str(tmp_path / "images" / "train") in msg and "_ir" in msg
+    assert "\n" not in msg
 
 
 def test_all_pairs_bad_clear_error(tmp_path):
     make_suffix_set(tmp_path, n=2)
     for i in range(2):
         (tmp_path / "images" / "train" / f"{i:04d}_ir.png").unlink()
-    with pytest.raises(RuntimeError, match="(?s)No valid images.*missing IR partner"):
+    with pytest.raises(RuntimeError) as e:
         build(write_yaml(tmp_path), "val")
+    msg = str(e.value)
+    assert "no image pairs found in" in msg and str(tmp_path / "images" / "train") in msg
+    assert "missing IR partner" in msg and "\n" not in msg
 
 
 def test_orphan_ir_is_reported(tmp_path, ulog):
@@ -760,7 +774,7 @@ def test_find_pairs_skips_unpaired_with_warning(tmp_path, ulog):
     assert len(pairs) == 2 and all(c != lone for c, _ in pairs)
     line = next(x for x in ulog.text.splitlines() if str(lone) in x)
     assert "missing IR partner" in line and str(d / "0005_ir.png") in line
-    with pytest.raises(FileNotFoundError, match="no complete"):
+    with pytest.raises(FileNotFoundError, match="no image pairs found in predict source"):
         find_pairs(lone)
 
 

@@ -12,6 +12,7 @@ from ultralytics.utils import LOGGER, YAML
 from ghost_yolo.cfg import DATASETS_CFG_DIR, resolve_yaml
 
 from .io import MODALITIES, check_modality, modality_for_channels
+from .missing import check_drop_modality, check_modality_dropout
 from .pairing import Pairing
 
 SYNTH_YAML = "vedai-synth.yaml"
@@ -51,7 +52,8 @@ def apply_modality(d: dict[str, Any], modality: str | None = None, overrides: di
     """Settle pairing, modality and input channels of a checked data dict (in place, and returned).
 
     Modality: the ``modality`` key if given, else the YAML's ``modality:``, else rgb+ir for paired data and the
-    YAML's ``channels`` for plain single-modality data (DOTA, NWPU, DIOR converted to YOLO).
+    YAML's ``channels`` for plain single-modality data (DOTA, NWPU, DIOR converted to YOLO). ``drop_modality`` and
+    ``modality_dropout`` in ``overrides`` are checked against it here, before any model or loader is built.
     """
     source = d.get("yaml_file", "the data YAML")
     pairing = Pairing.from_config(d, overrides)  # validates the convention name
@@ -61,6 +63,8 @@ def apply_modality(d: dict[str, Any], modality: str | None = None, overrides: di
             raise ValueError(f"modality={chosen} needs paired data, but {source} has no 'pairing:' (suffix or folders)")
     else:
         chosen = check_modality(modality or d.get("modality") or "rgb+ir")
+    check_drop_modality((overrides or {}).get("drop_modality"), chosen)
+    check_modality_dropout((overrides or {}).get("modality_dropout"), chosen)
     d["modality"], d["channels"] = chosen, MODALITIES[chosen]
     return d
 
@@ -102,6 +106,9 @@ def build_dataset(cfg: Any, img_path: str, batch: int, data: dict[str, Any], mod
         pairing=pairing,
         modality=data["modality"],
         ir_jitter=getattr(cfg, "ir_jitter", 0.0) or 0.0,
+        fill_missing=bool(getattr(cfg, "fill_missing", False)),
+        drop_modality=None if mode == "train" else getattr(cfg, "drop_modality", None),
+        modality_dropout=(getattr(cfg, "modality_dropout", 0.0) or 0.0) if mode == "train" else 0.0,
     )
 
 

@@ -14,12 +14,14 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+from ultralytics.data.augment import Format
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import get_hash, verify_image_label
 from ultralytics.utils import LOGGER
 
 from .augment import PairedHSV, replace_hsv
 from .io import check_modality, load_pair
+from .missing import ModalityDropout, check_drop_modality, check_modality_dropout
 from .pairing import Pairing
 
 
@@ -45,12 +47,22 @@ def check_label_file(lb_file: str, nc: int, single_cls: bool = False) -> str:
 
 
 def verify_pair(args: tuple) -> list:
-    """Verify one pair and its labels; returns Ultralytics' verification tuple plus 'IR needs resizing'."""
-    im_file, ir_file, lb_file, prefix, nc, single_cls, need_ir = args
+    """Verify one pair and its labels; returns Ultralytics' verification tuple plus 'IR needs resizing'.
+
+    ``fill`` (``fill_missing=True`` on rgb+ir data) keeps an incomplete pair, noted by name: ``ir`` for a colour image
+    whose IR partner is missing, ``rgb`` for an IR image without colour partner (then ``im_file`` is that IR image).
+    """
+    im_file, ir_file, lb_file, prefix, nc, single_cls, need_ir, fill = args
     bad = [None] * 5 + [0, 0, 0, 1]
+    note = ""
+    if fill == "rgb":
+        need_ir, note = False, f"{prefix}WARNING ⚠️ {im_file}: IR image without colour partner, colour band filled"
+    elif need_ir and fill == "ir" and not Path(ir_file).exists():
+        need_ir, note = False, f"{prefix}WARNING ⚠️ {im_file}: missing IR partner {ir_file}, IR band filled"
     if need_ir:
         if not Path(ir_file).exists():
-            return [*bad, f"{prefix}{im_file}: missing IR partner {ir_file}, pair skipped", False]
+            return [*bad, f"{prefix}{im_file}: missing IR partner {ir_file}, pair skipped (fill_missing=True keeps it)",
+                    False]
         try:
             with Image.open(ir_file) as ir:
                 ir.verify()
@@ -61,6 +73,8 @@ def verify_pair(args: tuple) -> list:
     if msg := check_label_file(lb_file, nc, single_cls):
         return [*bad, f"{prefix}{msg}, pair skipped", False]
     result = list(verify_image_label((im_file, lb_file, prefix, False, nc, 0, 0, single_cls)))
+    if note and result[0] is not None:
+        result[9] = f"{result[9]}\n{note} (fill_missing=True)" if result[9] else f"{note} (fill_missing=True)"
     if result[0] is None or not need_ir:
         return [*result, False]
     h, w = result[2]
@@ -79,53 +93,103 @@ class PairedDataset(YOLODataset):
         pairing (Pairing): How colour images find their IR partners and labels.
         modality (str): ``rgb+ir``, ``rgb`` or ``ir``; the same pairs are used in every mode, so modalities compare.
         ir_jitter (float): IR brightness/contrast jitter during training.
+        fill_missing (bool): rgb+ir: keep a colour image without IR partner (or the reverse) with the missing band
+            filled, noted once per file, instead of skipping it.
+        drop_modality (str | None): ``ir`` or ``rgb``: fill that band in every sample (evaluate as if it were missing).
+        modality_dropout (float): Probability that a sample's IR or colour band is filled (training).
     """
 
-    def __init__(self, *args, pairing: Pairing, modality: str = "rgb+ir", ir_jitter: float = 0.0, **kwargs):
-        """Set pairing and modality before the parent scans files and labels."""
+    def __init__(self, *args, pairing: Pairing, modality: str = "rgb+ir", ir_jitter: float = 0.0,
+                 fill_missing: bool = False, drop_modality: str | None = None, modality_dropout: float = 0.0,
+                 **kwargs):
+        """Set pairing, modality and the missing-band options before the parent scans files and labels."""
         self.pairing = pairing
         self.modality = check_modality(modality)
         self.ir_jitter = ir_jitter
+        self.fill_missing = bool(fill_missing) and self.modality == "rgb+ir"
+        self.drop_modality = check_drop_modality(drop_modality, self.modality)
+        self.modality_dropout = check_modality_dropout(modality_dropout, self.modality)
         self._ir_resize_noted = False
         super().__init__(*args, **kwargs)
 
     # Files and labels -------------------------------------------------------------------------------------------------
+    def looked_for(self) -> str:
+        """What a pair looks like under this dataset's pairing, for messages that say where nothing was found."""
+        p = self.pairing
+        if p.kind == "suffix":
+            return f"'*{p.rgb_suffix}.*' colour images with '*{p.ir_suffix}.*' IR partners"
+        return f"colour images under '{p.rgb_dir}/' with IR partners under '{p.ir_dir}/'"
+
     def get_img_files(self, img_path: str | list[str]) -> list[str]:
-        """Keep the colour half of each pair; IR images without a colour partner are reported by name."""
+        """Keep the colour half of each pair; IR images without a colour partner are reported by name (with
+        ``fill_missing``, kept in place of their pair)."""
         fraction, self.fraction = self.fraction, 1.0  # the fraction counts pairs, not colour + IR files
         try:
             files = super().get_img_files(img_path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{self.prefix}no image pairs found in {img_path}: no image files there (looked "
+                                    f"for {self.looked_for()})") from e
         finally:
             self.fraction = fraction
         colour = [f for f in files if self.pairing.is_colour(f)]
         orphans = [f for f in files if self.pairing.is_ir(f) and not self.pairing.colour_of(f).exists()]
-        for f in orphans[:5]:
-            LOGGER.warning(f"{self.prefix}{f}: IR image without colour partner {self.pairing.colour_of(f)}, skipped")
-        if len(orphans) > 5:
-            LOGGER.warning(f"{self.prefix}{len(orphans) - 5} more IR images without colour partner skipped")
+        if self.fill_missing:
+            colour = sorted(colour + orphans)  # noted once per file when verified
+        else:
+            for f in orphans[:5]:
+                LOGGER.warning(f"{self.prefix}{f}: IR image without colour partner {self.pairing.colour_of(f)}, "
+                               "skipped")
+            if len(orphans) > 5:
+                LOGGER.warning(f"{self.prefix}{len(orphans) - 5} more IR images without colour partner skipped")
         if not colour:
-            p = self.pairing
-            what = f"'*{p.rgb_suffix}.*' files" if p.kind == "suffix" else f"images under a '{p.rgb_dir}/' folder"
-            raise FileNotFoundError(f"{self.prefix}no colour images ({what}) in {img_path}: check pairing in the data YAML")
+            found = f"{len(orphans)} IR images but no colour image" if orphans else f"{len(files)} images, none a pair"
+            raise FileNotFoundError(f"{self.prefix}no image pairs found in {img_path}: {found} (looked for "
+                                    f"{self.looked_for()}; check pairing in the data YAML)")
         count = fraction if isinstance(fraction, int) else max(1, round(len(colour) * fraction))
         return colour[:count]
 
+    def is_orphan_ir(self, f: str) -> bool:
+        """Whether an image file of this dataset is an IR image standing in for its missing pair (``fill_missing``)."""
+        return self.pairing.is_ir(f) and not self.pairing.is_colour(f)
+
+    def halves(self, f: str) -> tuple[str | None, str | None]:
+        """(colour, IR) paths of an image file of this dataset; a half that is missing is None (``fill_missing``)."""
+        if self.is_orphan_ir(f):
+            return None, f
+        ir = self.pairing.partner(f)
+        return f, None if self.fill_missing and not ir.exists() else str(ir)
+
+    def get_labels(self) -> list[dict]:
+        """Ultralytics' labels; when no pair survives verification, one line says so, where, and the first reason."""
+        try:
+            return super().get_labels()
+        except RuntimeError as e:
+            if "No valid images" not in str(e):
+                raise
+            reasons = [x.strip() for x in str(e).splitlines()[1:] if x.strip() and "http" not in x]
+            first = f" (first: {reasons[0]})" if reasons else ""
+            raise RuntimeError(f"{self.prefix}no image pairs found in {self.img_path}: none of its {len(self.im_files)}"
+                               f" colour images has a usable pair and labels{first}") from e
+
     def get_label_files(self) -> list[str]:
         """Label file per pair (``labels/<pair id>.txt`` or Ultralytics' derivation) and the IR partner paths."""
-        self.ir_files = [str(self.pairing.partner(f)) for f in self.im_files]
-        self.label_files = [str(self.pairing.label_path(f)) for f in self.im_files]
+        self.ir_files = [f if self.is_orphan_ir(f) else str(self.pairing.partner(f)) for f in self.im_files]
+        self.label_files = [str(self.pairing.label_path(self.pairing.colour_of(f) if self.is_orphan_ir(f) else f))
+                            for f in self.im_files]
         return self.label_files
 
     def get_cache_hash(self) -> str:
-        """Include IR partners and the pairing in the cache hash so a changed pairing rescans."""
-        return get_hash(self.ir_files + [str(self.pairing), super().get_cache_hash()])  # parent hashes images+labels
+        """Include IR partners, the pairing and ``fill_missing`` in the cache hash so a change rescans."""
+        keys = [str(self.pairing), f"fill_missing={self.fill_missing}", super().get_cache_hash()]
+        return get_hash(self.ir_files + keys)  # the parent hashes images + labels
 
     def verify_args(self) -> tuple:
         """Verify pairs in parallel with ``verify_pair``."""
         nc = len(self.data["names"])
+        fill = ["rgb" if self.is_orphan_ir(f) else "ir" if self.fill_missing else "" for f in self.im_files]
         return verify_pair, zip(
             self.im_files, self.ir_files, self.label_files, repeat(self.prefix), repeat(nc), repeat(self.single_cls),
-            repeat(True),
+            repeat(True), fill,
         )
 
     def result_to_label(self, result: list) -> tuple[dict | None, int, int, int, int, str]:
@@ -141,9 +205,8 @@ class PairedDataset(YOLODataset):
 
     # Images -----------------------------------------------------------------------------------------------------------
     def read_pair(self, i: int) -> np.ndarray:
-        """Read pair i at full resolution as one stacked array."""
-        f = self.im_files[i]
-        return load_pair(f, self.pairing.partner(f), self.modality)
+        """Read pair i at full resolution as one stacked array (a missing half filled, with ``fill_missing``)."""
+        return load_pair(*self.halves(self.im_files[i]), self.modality)
 
     def load_image(self, i: int, rect_mode: bool = True, resize_short: bool = False):
         """Load pair i stacked and resized like ``BaseDataset.load_image`` (long side to imgsz), with its buffer."""
@@ -180,9 +243,19 @@ class PairedDataset(YOLODataset):
 
     # Augmentation -----------------------------------------------------------------------------------------------------
     def build_transforms(self, hyp: Any = None):
-        """Ultralytics' transforms with HSV jitter restricted to colour channels and IR jitter on the IR band."""
+        """Ultralytics' transforms with HSV jitter restricted to colour channels and IR jitter on the IR band; a dropped
+        or randomly failed band is filled last, on the finished sample (``drop_modality``, ``modality_dropout``)."""
         transforms = super().build_transforms(hyp)
         if self.augment:
             hsv = PairedHSV(hyp.hsv_h, hyp.hsv_s, hyp.hsv_v, ir_jitter=self.ir_jitter, modality=self.modality)
             replace_hsv(transforms, hsv)
+        if drop := self.missing_band_transform():
+            last = next(i for i, t in enumerate(transforms.transforms) if isinstance(t, Format))
+            transforms.insert(last, drop)
         return transforms
+
+    def missing_band_transform(self) -> ModalityDropout | None:
+        """What fills a band: the dropped one in every sample (``drop_modality``), or one at random in training."""
+        if self.drop_modality:
+            return ModalityDropout(1.0, (self.drop_modality,))
+        return ModalityDropout(self.modality_dropout) if self.augment and self.modality_dropout else None

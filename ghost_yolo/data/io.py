@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .missing import missing_band
+
 MODALITIES = {"rgb+ir": 4, "rgb": 3, "ir": 1}
 
 
@@ -85,8 +87,18 @@ def split_modalities(im: np.ndarray, modality: str) -> tuple[np.ndarray | None, 
     return cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGBA2BGR), np.ascontiguousarray(im[..., 3])
 
 
-def load_pair(colour: str | Path, ir: str | Path | None, modality: str) -> np.ndarray:
-    """Read what a modality needs of a pair and stack it; IR of another size is resized to the colour size."""
-    bgr = read_colour(colour) if modality != "ir" else None
-    ir_im = read_ir(ir) if modality != "rgb" else None
+def load_pair(colour: str | Path | None, ir: str | Path | None, modality: str) -> np.ndarray:
+    """Read what a modality needs of a pair and stack it; IR of another size is resized to the colour size.
+
+    A half given as None is missing (``fill_missing=True``): it is filled by the one rule of ``missing.py`` at the
+    size of the half that is there.
+    """
+    if colour is None and ir is None:
+        raise FileNotFoundError("a pair needs a colour or an IR image, got neither")
+    bgr = read_colour(colour) if colour is not None and (modality != "ir" or ir is None) else None
+    ir_im = read_ir(ir) if ir is not None and (modality != "rgb" or colour is None) else None
+    if bgr is None and modality != "ir":
+        bgr = missing_band(ir_im.shape[:2], "rgb")
+    if ir_im is None and modality != "rgb":
+        ir_im = missing_band(bgr.shape[:2], "ir")
     return stack_modalities(bgr, ir_im, modality)

@@ -39,15 +39,18 @@ def _image_files(source: str | Path | list) -> list[Path]:
     return [f for f in files if f.suffix[1:].lower() in IMG_FORMATS]
 
 
-def find_pairs(source: str | Path | list, pairing: Pairing | None = None) -> list[tuple[Path, Path | None]]:
+def find_pairs(source: str | Path | list, pairing: Pairing | None = None,
+               fill_missing: bool = False) -> list[tuple[Path | None, Path | None]]:
     """Pairs (colour, IR) in a source, by either convention; images without a partner are reported and skipped.
 
     Two explicit files whose names follow no convention are taken as one (colour, IR) pair, so
-    ``source=[scene.jpg, scene_thermal.tif]`` works as well as ``source=a_co.png`` (its partner found).
+    ``source=[scene.jpg, scene_thermal.tif]`` works as well as ``source=a_co.png`` (its partner found). With
+    ``fill_missing`` an image without partner is kept as ``(colour, None)`` or ``(None, ir)``, warned once, and its
+    missing band is filled when it is loaded.
     """
     files = _image_files(source)
     if not files:
-        raise FileNotFoundError(f"no images found in predict source {source}")
+        raise FileNotFoundError(f"no image pairs found in predict source {source}: it holds no image files")
     pairing = detect_pairing(files, pairing)
     if len(files) == 2 and not any(pairing.is_colour(f) or pairing.is_ir(f) for f in files):
         return [(files[0], files[1])]
@@ -60,14 +63,22 @@ def find_pairs(source: str | Path | list, pairing: Pairing | None = None) -> lis
             continue
         seen.add(colour)
         ir = pairing.partner(colour)
-        if not colour.exists():
-            LOGGER.warning(f"{f}: IR image without colour partner {colour}, skipped")
-        elif not ir.exists():
-            LOGGER.warning(f"{colour}: missing IR partner {ir}, skipped")
-        else:
+        if colour.exists() and ir.exists():
             pairs.append((colour, ir))
+        elif fill_missing and colour.exists():
+            LOGGER.warning(f"{colour}: missing IR partner {ir}, predicted with the IR band filled (fill_missing=True)")
+            pairs.append((colour, None))
+        elif fill_missing:
+            LOGGER.warning(f"{f}: IR image without colour partner {colour}, predicted with the colour band filled "
+                           "(fill_missing=True)")
+            pairs.append((None, f))
+        elif not colour.exists():
+            LOGGER.warning(f"{f}: IR image without colour partner {colour}, skipped (fill_missing=True predicts it)")
+        else:
+            LOGGER.warning(f"{colour}: missing IR partner {ir}, skipped (fill_missing=True predicts it)")
     if not pairs:
-        raise FileNotFoundError(f"no complete colour/IR pairs found in predict source {source}")
+        raise FileNotFoundError(f"no image pairs found in predict source {source}: {len(files)} images, none with "
+                                f"its partner under pairing '{pairing.kind}' (fill_missing=True predicts them alone)")
     return pairs
 
 
@@ -84,7 +95,7 @@ class LoadImagePairs(LoadImagesAndVideos):
     def __init__(self, pairs: list[tuple[Path, Path | None]], modality: str, batch: int = 1) -> None:
         """Take resolved pairs; no globbing happens here."""
         self.pairs, self.modality = pairs, modality
-        self.files = [str(c) for c, _ in pairs]
+        self.files = [str(c or i) for c, i in pairs]
         self.nf = self.ni = len(pairs)
         self.video_flag = [False] * self.nf
         self.mode, self.vid_stride, self.bs, self.cap = "image", 1, batch, None
@@ -101,8 +112,9 @@ class LoadImagePairs(LoadImagesAndVideos):
             except FileNotFoundError as e:
                 LOGGER.warning(f"{e}, skipped")
                 continue
-            paths.append(str(colour))
-            info.append(f"pair {self.count}/{self.nf} {colour.name}+{Path(ir).name if ir else '-'}: ")
+            paths.append(str(colour or ir))
+            names = (Path(x).name if x else "filled" for x in (colour, ir))
+            info.append(f"pair {self.count}/{self.nf} {'+'.join(names)}: ")
         if not imgs:
             raise StopIteration
         return paths, imgs, info

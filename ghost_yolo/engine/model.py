@@ -101,6 +101,10 @@ class GhostYOLO(Model):
         if str(self.ckpt_path or "").endswith(".ghost"):
             raise ValueError(f"{self.ckpt_path} is a packed inference model (BatchNorm folded, weights frozen on their "
                              "grids): val, predict and export it, and train from the .pt checkpoint it came from")
+        if kwargs.get("folds") not in (None, ""):  # the k-fold protocol: one run per fold (engine/folds.py)
+            from .folds import train_folds
+
+            return train_folds(self, **kwargs)
         if not kwargs.get("data") and not kwargs.get("resume") and not kwargs.get("cfg"):
             data = self.overrides.get("data")
             if data and isinstance(self.model, nn.Module) and getattr(self, "ckpt", None):

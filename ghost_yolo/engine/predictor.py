@@ -12,6 +12,7 @@ from ultralytics.utils.checks import check_imgsz
 
 from ghost_yolo.cfg import ghost_defaults, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels, split_modalities
+from ghost_yolo.data.missing import blank_band, check_drop_modality
 from ghost_yolo.data.pairing import Pairing
 from ghost_yolo.data.sources import (
     LoadImagePairs,
@@ -42,14 +43,23 @@ class GhostPredictor(DetectionPredictor):
         """Pairs for file/folder sources; Ultralytics' own loaders for arrays, streams and plain colour images."""
         names = {k: getattr(self.args, k, None) for k in ("rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")}
         pairing = Pairing(**{k: str(v) for k, v in names.items() if v}) if any(names.values()) else None
+        self.drop_modality = check_drop_modality(getattr(self.args, "drop_modality", None), self.modality)
         if not is_paired_source(source) or (self.modality == "rgb" and not looks_paired(source, pairing)):
             return super().setup_source(source, stride)
         if hasattr(self.model, "imgsz") and not getattr(self.model, "dynamic", False):
             self.args.imgsz = self.model.imgsz
         self.imgsz = check_imgsz(self.args.imgsz, stride=stride or self.model.stride, min_dim=2)
-        self.dataset = LoadImagePairs(find_pairs(source, pairing), self.modality, batch=self.args.batch)
+        pairs = find_pairs(source, pairing, fill_missing=bool(getattr(self.args, "fill_missing", False)))
+        self.dataset = LoadImagePairs(pairs, self.modality, batch=self.args.batch)
         self.source_type = self.dataset.source_type
         self.vid_writer = {}
+
+    def pre_transform(self, im: list) -> list:
+        """Letterbox like Ultralytics, then fill the band ``drop_modality`` names (the input as if that sensor failed;
+        the saved plots keep the real images)."""
+        im = super().pre_transform(im)
+        band = getattr(self, "drop_modality", None)
+        return [blank_band(x.copy(), band) for x in im] if band else im
 
     def construct_result(self, pred: torch.Tensor, img: torch.Tensor, orig_img, img_path: str) -> PairedResults:
         """Results on the colour image (IR-only models: the IR band), keeping the IR band for side-by-side plots."""
