@@ -79,12 +79,12 @@ def train(data_yaml: Path, run: Path, seed: int, args: argparse.Namespace, **kw)
     return best
 
 
-def evaluate(best: Path, data_yaml: Path, imgsz: int, drop: str | None) -> float:
-    """mAP50 (points) of a model on the val pairs, with ``drop`` treated as missing."""
+def evaluate(best: Path, data_yaml: Path, imgsz: int, drop: str | None, project: Path) -> float:
+    """mAP50 (points) of a model on the val pairs, with ``drop`` treated as missing (val dirs under ``project``)."""
     from ghost_yolo import GhostYOLO
 
     met = GhostYOLO(best).val(data=str(data_yaml), imgsz=imgsz, batch=16, workers=2, plots=False, verbose=False,
-                              drop_modality=drop)
+                              drop_modality=drop, project=str(project))
     return round(100 * float(met.box.map50), 2)
 
 
@@ -98,7 +98,8 @@ def run_all(args: argparse.Namespace, data_yaml: Path) -> dict[str, dict[str, li
             best = train(data_yaml, run, seed, args, **kw)
             conds = CONDITIONS if kw["modality"] == "rgb+ir" else {"both": None}
             for cond, drop in conds.items():
-                res.setdefault(name, {}).setdefault(cond, []).append(evaluate(best, data_yaml, args.imgsz, drop))
+                score = evaluate(best, data_yaml, args.imgsz, drop, args.workdir / "val")
+                res.setdefault(name, {}).setdefault(cond, []).append(score)
             print(f"  seed {seed} {name}: {({c: v[-1] for c, v in res[name].items()})}", flush=True)
     return res
 
