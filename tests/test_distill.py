@@ -298,7 +298,7 @@ def test_external_teacher_and_errors(trained, synth_yaml, tmp_path, log):
     """teacher=float best.pt teaches a W4 student (not saved with it); mismatched teachers and options are refused."""
     best = trained / "weights" / "best.pt"
     m = GhostYOLO(best)
-    m.train(data=str(synth_yaml), bits=4, teacher=str(best), kd_layers=[2, 4, 6], epochs=1, imgsz=IMGSZ, batch=8,
+    m.train(data=str(synth_yaml), bits=4, kd="ost", teacher=str(best), kd_layers=[2, 4, 6], epochs=1, imgsz=IMGSZ, batch=8,
             workers=0, project=str(tmp_path), name="ext", plots=False, val=False)
     run = tmp_path / "ext"
     head, row = (line.split(",") for line in (run / "results.csv").read_text().splitlines()[:2])
@@ -314,8 +314,8 @@ def test_external_teacher_and_errors(trained, synth_yaml, tmp_path, log):
     cases = [
         (f"teacher={rgb / 't' / 'weights' / 'last.pt'}", "takes 3 input channels, the student 4"),
         ("teacher=nothing.pt", "teacher=nothing.pt: file not found"),
-        ("kd_layers=[3,99]", "layer(s) [99]"),
-        ("compile=True", "compile=True cannot be used with kd=ost"),
+        ("kd=ost kd_layers=[3,99]", "layer(s) [99]"),
+        ("kd=ost compile=True", "compile=True cannot be used with kd=ost"),
         ("kd=dist", "kd=dist: unknown distillation loss 'dist'. Known losses: cls, cwd, dfl, ost"),
         (f"kd=none teacher={best}", "only used for distillation"),
     ]

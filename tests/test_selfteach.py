@@ -328,3 +328,22 @@ def test_frozen_float_self_teaches_and_resumes(trained, synth_yaml, tmp_path):
     assert seen == {"path": str(run / "weights" / "float_teacher.pt"), "mode": "frozen"}
     rows = (run / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and float(rows[2].split(",")[head.index("train/kd_loss")]) > 0
+
+
+def test_kd_auto_follows_the_evidence(synth_yaml, trained, tmp_path):
+    """kd=auto: AUTO_KD for a quantized run (the benchmark's verdict), AUTO_KD_WITH_TEACHER when teacher= is named,
+    nothing for a float run."""
+    from ghost_yolo.distill import AUTO_KD, AUTO_KD_WITH_TEACHER
+    from ghost_yolo.engine.trainer import GhostTrainer
+
+    base = {"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "project": str(tmp_path)}
+    t = GhostTrainer(overrides={**base, "bits": 4})
+    m = t.get_model(cfg="ghost-n.yaml", verbose=False)
+    auto = parse_kd(AUTO_KD)
+    assert (list(m.distiller.terms) if hasattr(m, "distiller") else []) == auto
+    assert t.args.kd == ("+".join(auto) or "none")
+    t = GhostTrainer(overrides={**base, "bits": 4, "teacher": str(trained / "weights" / "best.pt")})
+    m = t.get_model(cfg="ghost-n.yaml", verbose=False)
+    assert list(m.distiller.terms) == parse_kd(AUTO_KD_WITH_TEACHER) and m.distiller.teacher
+    t = GhostTrainer(overrides={**base, "bits": 32})
+    assert not hasattr(t.get_model(cfg="ghost-n.yaml", verbose=False), "distiller") and t.args.kd == "none"

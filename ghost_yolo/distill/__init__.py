@@ -10,7 +10,7 @@ from .cwd import ChannelWiseLoss, channel_wise_kl
 from .dfl import BoxDistributionLoss, box_distribution_kl
 from .distiller import FLOAT_SELF_MODES, SCHEDULES, Distiller
 from .ost import OSTDistiller, OSTLoss, attention_value, layer_distance
-from .registry import AUTO_KD, KD_LOSSES, KDLoss, PassOutputs, head_outputs, parse_kd, register_kd_loss
+from .registry import AUTO_KD, AUTO_KD_WITH_TEACHER, KD_LOSSES, KDLoss, PassOutputs, head_outputs, parse_kd, register_kd_loss
 from .scm import logistic_noise, scm_gate
 from .teacher import (
     ExternalTeacher,
@@ -25,6 +25,7 @@ from .teacher import (
 
 __all__ = (
     "AUTO_KD",
+    "AUTO_KD_WITH_TEACHER",
     "FLOAT_SELF_MODES",
     "KD_LOSSES",
     "SCHEDULES",

@@ -23,6 +23,7 @@ from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
 from ghost_yolo.distill import (
     AUTO_KD,
+    AUTO_KD_WITH_TEACHER,
     ExternalTeacher,
     FLOAT_SELF_MODES,
     Distiller,
@@ -128,7 +129,8 @@ class GhostTrainer(DetectionTrainer):
             set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
 
     def prepare_distillation(self, model: GhostDetectionModel) -> None:
-        """Attach the distiller (``kd=``, by default ``AUTO_KD`` for quantized runs) with its losses and teacher.
+        """Attach the distiller (``kd=``; ``kd=auto``: ``AUTO_KD`` for quantized runs, ``AUTO_KD_WITH_TEACHER`` when
+        ``teacher=`` is given) with its losses and teacher.
 
         The teacher is the model's own float self (``float_self=frozen``: as the quantized phase starts, frozen;
         ``cotrain``: with its own BatchNorm set, trained every step; ``shared``: the student's BatchNorm, no gradient)
@@ -138,7 +140,7 @@ class GhostTrainer(DetectionTrainer):
         quantized = is_quantized(model) or self.quant_spec == "hq"
         teacher = str(self.args.teacher or "") or None
         if names == ["auto"]:
-            names = parse_kd(AUTO_KD) if quantized or teacher else []
+            names = parse_kd(AUTO_KD_WITH_TEACHER if teacher else AUTO_KD) if quantized or teacher else []
         if not names and teacher:
             raise ValueError(f"teacher={teacher} is only used for distillation, but kd=none: drop teacher= or pass "
                              "kd=ost (or another loss)")
