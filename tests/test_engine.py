@@ -46,8 +46,10 @@ def test_checkpoint_keeps_modality_and_yaml(trained):
 def test_val_returns_metrics(trained, synth_yaml):
     metrics = GhostYOLO(trained / "weights" / "best.pt").val(data=str(synth_yaml), imgsz=IMGSZ, batch=4, plots=False,
                                                            project=str(trained.parent), name="val")
-    assert 0.0 <= metrics.box.map50 <= 1.0
-    assert len(metrics.box.ap_class_index) >= 0 and metrics.box.nc == 8
+    assert metrics.box.nc == 8 and set(metrics.box.ap_class_index.tolist()) <= set(range(8))
+    assert metrics.results_dict["metrics/mAP50(B)"] == pytest.approx(metrics.box.map50)
+    labels = sorted((synth_yaml.parent / "labels" / "val").glob("*.txt"))
+    assert int(metrics.nt_per_class.sum()) == sum(len(p.read_text().split()) // 5 for p in labels)  # every object seen
 
 
 def _predict_boxes(weights: Path, source: Path) -> list[list[float]]:
