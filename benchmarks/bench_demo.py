@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""The demo as a newcomer runs it: bare ``ghost train`` in an empty folder, timed as a whole command.
+
+Writes ``benchmarks/results/demo.md`` (the README's demo figures): wall time, the CPU and whether it computes bf16
+natively, the instruction set oneDNN/MKL were capped to, and the run's summary (quantized and float-self mAP, size,
+average bits). ``--isa avx2`` caps oneDNN and MKL at AVX2, which is how a 2-core AVX2 machine without bf16 computes
+(the README's 10-minute target is for such a machine).
+
+Usage:
+    python benchmarks/bench_demo.py --isa avx2            # about 8-10 minutes on 2 cores
+    python benchmarks/bench_demo.py --from-run DIR --seconds 512 --isa avx2   # record a run timed by hand
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_S = 600
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def record(run: Path, seconds: float, isa: str) -> str:
+    """demo.md from a finished demo run directory and its wall time."""
+    from ghost_yolo.distill import native_bf16_cpu
+
+    s = json.loads((run / "summary.json").read_text())
+    q = s.get("quantization") or {}
+    qq, fs, start = q.get("quantized", {}), q.get("float_self", {}), q.get("float_start", {})
+    minutes, sec = divmod(round(seconds), 60)
+    bf16 = "no (capped)" if isa == "avx2" else ("yes" if native_bf16_cpu() else "no")
+    lines = [
+        "# Bare `ghost train` (`benchmarks/bench_demo.py`)",
+        "",
+        f"`ghost train` in an empty folder (data generated on first use): {s['model']}, {s['modality']}, imgsz "
+        f"{s['imgsz']}, {s['epochs']} epochs ({s['fp_epochs']} float, the HQ search, then quantized), "
+        f"kd={(s.get('distillation') or {}).get('kd', 'none')}.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| wall time | **{minutes} min {sec:02d} s** (target <= {TARGET_S // 60} min: "
+        f"{'met' if seconds <= TARGET_S else 'not met'}) |",
+        f"| CPU | {cpu_name()}, {os.cpu_count()} cores, instruction set {isa or 'native'}, native bf16: {bf16} |",
+        f"| quantized mAP50 / mAP50-95 | **{qq.get('mAP50', 0):.3f}** / {qq.get('mAP50-95', 0):.3f} (best.pt, epoch "
+        f"{qq.get('epoch')}) |",
+        f"| float self of best.pt ({fs.get('batchnorm')} BatchNorm) mAP50 | {fs.get('mAP50') or 0:.3f} |",
+        f"| float model at the start of QAT mAP50 | {start.get('mAP50') or 0:.3f} (epoch {start.get('epoch')}) |",
+        f"| size, GBOPs | {qq.get('size_mb')} MB, {qq.get('gbops')} GBOPs (float {fs.get('size_mb')} MB, "
+        f"{fs.get('gbops')} GBOPs); {q.get('avg_w_bits')} average weight bits |",
+    ]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "demo.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or record) the demo and write demo.md."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--isa", choices=("native", "avx2"), default="native", help="cap oneDNN/MKL (avx2: no bf16)")
+    p.add_argument("--from-run", type=Path, help="record an already finished demo run directory")
+    p.add_argument("--seconds", type=float, help="its wall time (with --from-run)")
+    a = p.parse_args(argv)
+    if a.from_run:
+        print(record(a.from_run, a.seconds, a.isa))
+        return 0
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    if a.isa == "avx2":
+        env.update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        subprocess.run(["ghost", "train"], cwd=d, env={**env, "GHOST_DATASETS_DIR": str(Path(d) / "datasets")},
+                       check=True)
+        seconds = time.perf_counter() - t
+        run = sorted((Path(d) / "runs" / "detect").glob("train*"))[-1]
+        print(record(run, seconds, a.isa))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
