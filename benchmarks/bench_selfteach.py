@@ -54,6 +54,14 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
 
 
+def cpu_name() -> str:
+    """The CPU model (platform.processor() is often empty on Linux)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_demo import cpu_name as name
+
+    return name()
+
+
 def arm_keys(arm: str, teacher: Path | None) -> dict:
     """Training keys of an arm (see the module docstring)."""
     if arm == "none":
@@ -167,7 +175,7 @@ def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path
     minutes = (time.time() - t0) / 60
     rec = {"regime": regime, "arm": arm, "width": width, "seed": seed, "settings": SETTINGS,
            **evaluate(run / "weights" / "last.pt", full), "train_minutes": round(minutes, 2),
-           "cpu": platform.processor() or platform.machine(), "threads": os.cpu_count()}
+           "cpu": cpu_name(), "threads": os.cpu_count()}
     if arm.startswith("co-"):
         fs = evaluate(run / "weights" / "last.pt", full, as_float=True)
         rec["float_self_map50"], rec["float_self_map"] = fs["map50"], fs["map"]
@@ -193,10 +201,15 @@ def report(records: list[dict], fp_rec: dict | None = None) -> str:
              "pairs evaluated once at the end of each run (final EMA weights, last.pt). Model ghost-n, LSQ, stem and "
              f"head prediction convs at 8 bit, HQ at hq_threshold={WIDTHS['HQ']['hq_threshold']}, batch {s['batch']}, "
              "optimizer auto (AdamW), every arm of a seed shares that seed. CPU: "
-             f"{sorted({r.get('cpu', '?') for r in records})}, torch threads as the trainer sets them.", ""]
+             f"{', '.join(sorted({r.get('cpu', '?') for r in records}))} (x86_64: the development machine's 2-core "
+             "Xeon, recorded before the model name was), 2 cores, no GPU.", ""]
     if fp_rec:
-        lines += [f"Regime A starts from a float ghost-n trained until val mAP50 stopped rising (patience "
-                  f"{s['fp_patience']}): {fp_rec['epochs_run']} epochs, best epoch {fp_rec['best_epoch']}, mAP50 "
+        capped = fp_rec["epochs_run"] >= s["fp_max_epochs"]
+        how = (f"for its cap of {s['fp_max_epochs']} epochs (not converged by Ultralytics' patience "
+               f"{s['fp_patience']}: its best epoch was the last, still rising slowly)" if capped else
+               f"until mAP50 on 200 val pairs stopped rising (patience {s['fp_patience']})")
+        lines += [f"Regime A starts from a float ghost-n trained {how}: {fp_rec['epochs_run']} epochs, best epoch "
+                  f"{fp_rec['best_epoch']}, mAP50 "
                   f"{fp_rec['map50']:.1f}, mAP50-95 {fp_rec['map']:.1f} on the {s['n_val']}-pair split. Each arm then "
                   f"trains {s['q_epochs']} quantized epochs (no warm-up).", ""]
     lines += [f"Regime B runs the one-command pipeline from the YAML: {s['b_epochs']} epochs, {s['b_fp_epochs']} float, "

@@ -237,7 +237,7 @@ print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enab
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "OK 4 87 [4, 8] False ost [2, 4, 6] {'ost': 30.0} cotrain 81" in out.stdout
+    assert "OK 4 87 [4, 8] False ost [2, 4, 6] {'ost': 30.0} frozen 0" in out.stdout
 
 
 def test_train_hq_on_random_init_warns(synth_yaml, tmp_path, log):

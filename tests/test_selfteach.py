@@ -277,7 +277,7 @@ def test_float_self_errors(trained, synth_yaml, tmp_path, log):
     for extra, message in [
         (f"kd=cls+dfl teacher={path}", "predicts 3 classes, the student 8"),
         ("kd=cls compile=True", "compile=True cannot be used with kd=cls"),
-        ("float_self=twin", "float_self=twin is not a teacher mode: use cotrain or shared"),
+        ("float_self=twin", "float_self=twin is not a teacher mode: use frozen, cotrain or shared"),
         ("kd=ost+nope", "unknown distillation loss 'nope'"),
     ]:
         assert entrypoint(f"{base} {extra}") == 2, extra

@@ -150,7 +150,7 @@ class GhostTrainer(DetectionTrainer):
         float_self = str(self.args.float_self or ghost_defaults()["float_self"]).strip().lower()
         if float_self not in FLOAT_SELF_MODES:
             raise ValueError(f"float_self={self.args.float_self} is not a teacher mode: use "
-                             f"{' or '.join(FLOAT_SELF_MODES)}")
+                             f"{', '.join(FLOAT_SELF_MODES[:-1])} or {FLOAT_SELF_MODES[-1]}")
         if not names or not quantized:
             self.args.kd = "none"
             return
