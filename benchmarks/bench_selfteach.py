@@ -325,20 +325,11 @@ def build_step_arm(name: str, batch: dict):
 
 
 def step_fn(m, batch):
-    """One training step closure (forward, loss, backward, SGD)."""
-    import torch
+    """One training step closure (forward, loss, backward, SGD): bench_distill's, so both time the same step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_distill import make_step
 
-    opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
-
-    def step() -> float:
-        t = time.perf_counter()
-        loss, _ = m.loss(batch)
-        loss.sum().backward()
-        opt.step()
-        opt.zero_grad()
-        return time.perf_counter() - t
-
-    return step
+    return make_step(m, batch)
 
 
 def _status(field: str) -> int:

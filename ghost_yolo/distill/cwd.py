@@ -8,14 +8,10 @@ the head's input levels. It tells the student where each channel of the teacher 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .registry import KDLoss, PassOutputs, register_kd_loss
+from .registry import PassOutputs, TemperatureKDLoss, register_kd_loss
 
 __all__ = ("ChannelWiseLoss", "channel_wise_kl")
 
@@ -32,25 +28,12 @@ def channel_wise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 
 
 @register_kd_loss
-class ChannelWiseLoss(KDLoss):
+class ChannelWiseLoss(TemperatureKDLoss):
     """Channel-wise distillation on every input level of the Detect head."""
 
     name = "cwd"
     default_weight = 1.0
     needs_head = True
-
-    def __init__(self, temperature: float = 4.0):
-        """``temperature``: softens the spatial distributions (``kd_temp``)."""
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"kd_temp={temperature} must be > 0")
-        self.temperature = float(temperature)
-
-    @classmethod
-    def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]
-              ) -> ChannelWiseLoss:
-        """From the trainer's ``kd_temp``."""
-        return cls(float(args.get("kd_temp", 4.0)))
 
     def forward(self, student: PassOutputs, teacher: PassOutputs) -> tuple[torch.Tensor, None]:
         """Summed over the head's input levels."""
@@ -58,6 +41,3 @@ class ChannelWiseLoss(KDLoss):
         with torch.autocast(s_maps[0].device.type, enabled=False):
             return sum(channel_wise_kl(s, t, self.temperature) for s, t in zip(s_maps, t_maps)), None
 
-    def extra_repr(self) -> str:
-        """Temperature in the module print."""
-        return f"temperature={self.temperature}"

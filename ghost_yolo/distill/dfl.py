@@ -9,14 +9,10 @@ teacher's class confidence (where the teacher sees no object its boxes mean noth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .registry import KDLoss, PassOutputs, register_kd_loss
+from .registry import PassOutputs, TemperatureKDLoss, register_kd_loss
 
 __all__ = ("BoxDistributionLoss", "box_distribution_kl")
 
@@ -33,25 +29,12 @@ def box_distribution_kl(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor
 
 
 @register_kd_loss
-class BoxDistributionLoss(KDLoss):
+class BoxDistributionLoss(TemperatureKDLoss):
     """Localization distillation on the DFL box distributions."""
 
     name = "dfl"
     default_weight = 1.0
     needs_head = True
-
-    def __init__(self, temperature: float = 4.0):
-        """``temperature``: softens both distributions (``kd_temp``)."""
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"kd_temp={temperature} must be > 0")
-        self.temperature = float(temperature)
-
-    @classmethod
-    def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]
-              ) -> BoxDistributionLoss:
-        """From the trainer's ``kd_temp``."""
-        return cls(float(args.get("kd_temp", 4.0)))
 
     def forward(self, student: PassOutputs, teacher: PassOutputs) -> tuple[torch.Tensor, None]:
         """The weighted KL of the four side distributions."""
@@ -59,6 +42,3 @@ class BoxDistributionLoss(KDLoss):
             return box_distribution_kl(student.head["boxes"], teacher.head["boxes"], teacher.head["scores"],
                                        self.temperature), None
 
-    def extra_repr(self) -> str:
-        """Temperature in the module print."""
-        return f"temperature={self.temperature}"

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-__all__ = ("AUTO_KD", "AUTO_KD_WITH_TEACHER", "KD_LOSSES", "KDLoss", "PassOutputs", "head_outputs", "parse_kd", "register_kd_loss")
+__all__ = ("AUTO_KD", "AUTO_KD_WITH_TEACHER", "KD_LOSSES", "KDLoss", "PassOutputs", "TemperatureKDLoss", "head_outputs",
+           "parse_kd", "register_kd_loss")
 
 KD_LOSSES: dict[str, type[KDLoss]] = {}
 # What kd=auto means for a quantized run: a mode that met the gain target of benchmarks/bench_selfteach.py over paired
@@ -83,6 +84,27 @@ class KDLoss(nn.Module):
     def epoch_stats(self) -> dict[str, float] | None:
         """Per-epoch statistics to log (and reset), e.g. OST's gate open fractions; None when it keeps none."""
         return None
+
+
+class TemperatureKDLoss(KDLoss):
+    """A loss that softens distributions at ``kd_temp`` (``dfl``, ``cwd``)."""
+
+    def __init__(self, temperature: float = 4.0):
+        """``temperature``: T of the softmax on both sides (the loss is scaled by T^2, as usual in distillation)."""
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"kd_temp={temperature} must be > 0")
+        self.temperature = float(temperature)
+
+    @classmethod
+    def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]
+              ) -> TemperatureKDLoss:
+        """From the trainer's ``kd_temp``."""
+        return cls(float(args.get("kd_temp", 4.0)))
+
+    def extra_repr(self) -> str:
+        """Temperature in the module print."""
+        return f"temperature={self.temperature}"
 
 
 def register_kd_loss(cls: type[KDLoss]) -> type[KDLoss]:
