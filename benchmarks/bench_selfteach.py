@@ -33,7 +33,6 @@ from copy import deepcopy
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
