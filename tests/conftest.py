@@ -1,27 +1,173 @@
-"""Shared fixtures: a tiny generated vedai-synth set and a 1-epoch model trained on it (built once per session)."""
+"""Shared sizes, helpers and fixtures.
+
+- Sizes: ``IMGSZ`` (train/val/predict size of every tiny run), ``H, W`` (4:3 colour images the data tests write).
+- Tiny paired data written by the data tests: ``noise_bgr``, ``write``, ``write_label``, ``make_suffix_set``,
+  ``make_folders_set``, ``write_yaml``, ``build`` (ghost's ``build_dataset`` as the trainer calls it), ``sample``.
+- A tiny model: ``tiny_quant_model`` (ghost-n at W4 with a distiller) and ``fake_batch`` (a 4-channel batch for it).
+- ``read_csv``: results.csv / layers.csv / gates.csv rows as dicts keyed by the header's column names.
+- Session fixtures: ``synth_yaml`` (a generated vedai-synth set), ``trained`` (1 float epoch on it), ``qtrained``
+  (the whole quantized pipeline); ``log`` captures Ultralytics' logger.
+
+Slow tests: ``@pytest.mark.slow`` marks a test that runs a real training itself (or a CLI subprocess that trains);
+any test that requests one of ``TRAINING_FIXTURES`` is marked slow here at collection, since that fixture trains.
+``python -m pytest tests -m "not slow"`` is the quick run.
+
+Test files import the helpers with ``from conftest import ...`` (pytest puts tests/ on sys.path).
+"""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-IMGSZ = 64
+IMGSZ = 64  # the size every tiny train / val / predict / export runs at
+H, W = 96, 128  # colour images the data tests write (4:3), loaded at long side IMGSZ
+NAMES = {0: "car", 1: "van"}
+BOX_LABELS = "0 0.30 0.30 0.20 0.20\n1 0.70 0.60 0.25 0.20\n"
+GHOST_KEYS = ("modality", "rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")
+NO_AUG = dict(mosaic=0.0, mixup=0.0, cutmix=0.0, copy_paste=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0,
+              perspective=0.0, fliplr=0.0, flipud=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)  # fmt: skip
+
+# Fixtures that train a model: every test requesting one (directly or through another fixture) is marked slow.
+TRAINING_FIXTURES = frozenset({"trained", "qtrained", "cli_run", "first_run", "ranks"})
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark tests that need a training fixture as slow, so ``-m "not slow"`` never builds one."""
+    for item in items:
+        if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# Logging --------------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def log(caplog):
-    """Ultralytics' logger does not propagate to root: attach pytest's handler to it."""
+    """Capture Ultralytics' logger at INFO (it does not propagate to root: attach pytest's handler to it)."""
     logger = logging.getLogger("ultralytics")
     logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="ultralytics")
     yield caplog
     logger.removeHandler(caplog.handler)
 
 
+# CSV by column name ---------------------------------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts keyed by its header (names and values stripped of padding)."""
+    with open(path, newline="") as f:
+        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# Tiny paired images ---------------------------------------------------------------------------------------------------
+def noise_bgr(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    """A random 8-bit BGR image: no two pixels or channels agree by accident."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def write(path: Path, im: np.ndarray) -> Path:
+    """Write an image with cv2, creating folders, and fail loudly if cv2 could not."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), im), path
+    return path
+
+
+def write_label(path: Path, text: str = BOX_LABELS) -> Path:
+    """Write a label file, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def make_suffix_set(root: Path, n: int = 4, split: str = "train", rgb_suffix: str = "_co", ir_suffix: str = "_ir",
+                    co_ext: str = ".png", ir_ext: str = ".png", ir_of=None, labels=None,
+                    label_style: str = "id") -> Path:
+    """VEDAI-style pairs images/<split>/0000_co.png + 0000_ir.png; labels/<split>/0000.txt (or 0000_co.txt).
+
+    ir_of(bgr, i) gives the IR image (default: the colour image's R channel); labels(i) the label text.
+    """
+    for i in range(n):
+        bgr = noise_bgr(i)
+        stem = f"{i:04d}"
+        write(root / "images" / split / f"{stem}{rgb_suffix}{co_ext}", bgr)
+        write(root / "images" / split / f"{stem}{ir_suffix}{ir_ext}", bgr[..., 2] if ir_of is None else ir_of(bgr, i))
+        name = stem if label_style == "id" else f"{stem}{rgb_suffix}"
+        write_label(root / "labels" / split / f"{name}.txt", BOX_LABELS if labels is None else labels(i))
+    return root
+
+
+def make_folders_set(root: Path, rgb_dir="visible", ir_dir="infrared", split="train", n=3, images_style=False,
+                     labels_at=None) -> Path:
+    """LLVIP-style parallel folders; labels in labels/<split>/ (or images/ -> labels/ when images_style)."""
+    base = root / "images" if images_style else root
+    for i in range(n):
+        bgr = noise_bgr(i)
+        write(base / rgb_dir / split / f"{190001 + i}.png", bgr)
+        write(base / ir_dir / split / f"{190001 + i}.png", bgr[..., 2])
+        lab = (root / "labels" / rgb_dir / split) if images_style else (labels_at or root / "labels" / split)
+        write_label(lab / f"{190001 + i}.txt")
+    return root
+
+
+def write_yaml(root: Path, train: str = "images/train", val: str | None = None, **extra) -> Path:
+    """A data YAML with an absolute path; suffix pairing unless extra says otherwise."""
+    import yaml
+
+    spec = {"path": str(root), "train": train, "val": val or train, "names": NAMES, "pairing": "suffix", **extra}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    path = root / "data.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def make_cfg(ghost: dict | None = None, **overrides):
+    """Ultralytics' cfg namespace (imgsz IMGSZ) with the ghost keys set as attributes."""
+    from ultralytics.cfg import get_cfg
+
+    cfg = get_cfg(overrides={"imgsz": IMGSZ, "workers": 0, **overrides})
+    for k in GHOST_KEYS:
+        setattr(cfg, k, None)
+    cfg.ir_jitter = 0.0
+    for k, v in (ghost or {}).items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def build(yaml_path: Path, mode: str = "val", modality: str | None = None, ghost: dict | None = None, **overrides):
+    """Build the dataset of a data YAML through ghost's build_dataset, as the trainer and validator do."""
+    from ghost_yolo.data.check import build_dataset, check_data
+
+    data = check_data(str(yaml_path), modality, ghost)
+    cfg = make_cfg(ghost, **overrides)
+    return build_dataset(cfg, data["train" if mode == "train" else "val"], 2, data, mode)
+
+
+def sample(ds, i: int, seed: int = 0):
+    """dataset[i]['img'] (C x H x W uint8 tensor) with Python and NumPy random state seeded."""
+    random.seed(seed)
+    np.random.seed(seed)
+    return ds[i]["img"]
+
+
+# Tiny model and batch -------------------------------------------------------------------------------------------------
+def fake_batch(n: int = 4) -> dict:
+    """n random 4-channel IMGSZ images (seeded) with two boxes, on images 0 and 1."""
+    import torch
+
+    torch.manual_seed(1)
+    return {"img": torch.rand(n, 4, IMGSZ, IMGSZ), "cls": torch.tensor([[0.0], [3.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
+
+
+# Generated data and trained runs (once per session) -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def synth_yaml(tmp_path_factory) -> Path:
     """16 train / 8 val pairs at 96 px, with a data YAML pointing at them (absolute path)."""

@@ -1,4 +1,5 @@
-"""Tests for the deterministic synthetic VEDAI-like RGB + IR dataset generator."""
+"""The deterministic synthetic VEDAI-like RGB + IR dataset generator (ghost_yolo/data/synthetic.py): layout, labels,
+determinism, what each band carries, and the generated set loading as a paired dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import IMGSZ, NO_AUG, build
 
+from ghost_yolo.data.dataset import PairedDataset
 from ghost_yolo.data.synthetic import (
     BOAT,
     CAMPING,
@@ -23,7 +26,7 @@ from ghost_yolo.data.synthetic import (
     make_sample,
 )
 
-IMGSZ = 128
+SZ = 128  # generated image size of the module's set (the loader test reads the session set at IMGSZ)
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -41,7 +44,7 @@ def _read_labels(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """A small dataset shared by the layout, label and modality tests."""
-    return generate_vedai_synth(tmp_path_factory.mktemp("synth") / "vedai-synth", n_train=60, n_val=4, imgsz=IMGSZ)
+    return generate_vedai_synth(tmp_path_factory.mktemp("synth") / "vedai-synth", n_train=60, n_val=4, imgsz=SZ)
 
 
 def _box_stats(root: Path) -> dict[int, np.ndarray]:
@@ -52,8 +55,8 @@ def _box_stats(root: Path) -> dict[int, np.ndarray]:
         co = cv2.imread(str(root / "images" / split / f"{lb.stem}_co.png"))[..., ::-1]
         ir = cv2.imread(str(root / "images" / split / f"{lb.stem}_ir.png"), cv2.IMREAD_UNCHANGED)
         for c, xc, yc, w, h in _read_labels(lb):
-            x0, x1 = round((xc - w / 2) * IMGSZ), round((xc + w / 2) * IMGSZ)
-            y0, y1 = round((yc - h / 2) * IMGSZ), round((yc + h / 2) * IMGSZ)
+            x0, x1 = round((xc - w / 2) * SZ), round((xc + w / 2) * SZ)
+            y0, y1 = round((yc - h / 2) * SZ), round((yc + h / 2) * SZ)
             rgb = co[y0:y1, x0:x1].reshape(-1, 3).mean(0)
             patch = ir[y0:y1, x0:x1]
             stats[int(c)].append((patch.max(), patch.mean(), *rgb, rgb.max()))
@@ -77,14 +80,14 @@ def test_layout_and_image_formats(dataset):
     for stem in ("00000000", "00000059"):
         co = cv2.imread(str(dataset / "images" / "train" / f"{stem}_co.png"), cv2.IMREAD_UNCHANGED)
         ir = cv2.imread(str(dataset / "images" / "train" / f"{stem}_ir.png"), cv2.IMREAD_UNCHANGED)
-        assert co.dtype == np.uint8 and co.shape == (IMGSZ, IMGSZ, 3)
-        assert ir.dtype == np.uint8 and ir.shape == (IMGSZ, IMGSZ)
+        assert co.dtype == np.uint8 and co.shape == (SZ, SZ, 3)
+        assert ir.dtype == np.uint8 and ir.shape == (SZ, SZ)
         assert not np.array_equal(ir, cv2.cvtColor(co, cv2.COLOR_BGR2GRAY)), "IR must not be a greyscale copy"
 
 
 def test_labels_valid(dataset):
     """Every label line is 'cls xc yc w h' with 6 decimals, valid ids, in-image boxes and plausible vehicle sizes."""
-    counts, scale = [], IMGSZ / 256
+    counts, scale = [], SZ / 256
     for lb in (dataset / "labels").rglob("*.txt"):
         lines = lb.read_text().splitlines()
         counts.append(len(lines))
@@ -95,7 +98,7 @@ def test_labels_valid(dataset):
         assert np.isin(lab[:, 0], list(VEDAI_NAMES)).all()
         xy0, xy1 = lab[:, 1:3] - lab[:, 3:] / 2, lab[:, 1:3] + lab[:, 3:] / 2
         assert (xy0 >= 0).all() and (xy1 <= 1).all() and (lab[:, 3:] > 0).all()
-        long_side = lab[:, 3:].max(1) * IMGSZ  # axis-aligned extent of a 6-40 px (at 256) rotated vehicle
+        long_side = lab[:, 3:].max(1) * SZ  # axis-aligned extent of a 6-40 px (at 256) rotated vehicle
         assert (long_side >= 6 * scale / np.sqrt(2) - 0.5).all() and (long_side <= 40 * scale * np.sqrt(2) + 0.5).all()
         for a, b in zip(xy0, xy1):  # objects never overlap
             inter = np.clip(np.minimum(b, xy1) - np.maximum(a, xy0), 0, None).prod(1)
@@ -184,3 +187,15 @@ def test_boats_only_on_water():
                 x0, y0 = round((xc - w / 2) * 96), round((yc - h / 2) * 96)
                 ir_at_boats.append(np.median(ir[y0 : y0 + 2, x0 : x0 + 2]))  # box corner: outside the hull
     assert ir_at_boats and np.median(ir_at_boats) < 60
+
+
+def test_generated_set_loads_as_paired_dataset(synth_yaml):
+    """The generated set (session fixture) builds as a PairedDataset in both splits, with VEDAI id label files
+    (00000000.txt for 00000000_co.png), objects in every split and 4-channel samples."""
+    for mode, n in (("train", 16), ("val", 8)):
+        ds = build(synth_yaml, mode, **NO_AUG)
+        assert isinstance(ds, PairedDataset) and len(ds) == n
+        assert all(Path(f).name == f"{Path(c).name[:8]}.txt" for f, c in zip(ds.label_files, ds.im_files))
+        assert sum(len(lb["cls"]) for lb in ds.labels) > 0
+        s = ds[0]
+        assert s["img"].shape == (4, IMGSZ, IMGSZ) and s["cls"].numel() > 0
