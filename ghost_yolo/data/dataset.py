@@ -6,15 +6,18 @@ transform moves them together. Labels, caching, mosaic, letterboxing and collati
 
 from __future__ import annotations
 
-import math
+import threading
+from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image
+from ultralytics.data import base as ultralytics_base
 from ultralytics.data.augment import Format
+from ultralytics.data.base import BaseDataset
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import get_hash, verify_image_label
 from ultralytics.utils import LOGGER
@@ -23,6 +26,28 @@ from .augment import PairedHSV, replace_hsv
 from .io import check_modality, load_pair
 from .missing import ModalityDropout, check_drop_modality, check_modality_dropout
 from .pairing import Pairing
+
+# Ultralytics reads every dataset image through ultralytics.data.base.imread; a paired dataset answers it with the pair
+_pair_reads = threading.local()  # .dataset: the PairedDataset loading an image on this thread, if any
+_stock_imread = getattr(ultralytics_base.imread, "__wrapped__", ultralytics_base.imread)
+
+
+def _imread(filename: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """Ultralytics' ``imread``, or the stacked pair of ``filename`` while a PairedDataset loads it on this thread."""
+    dataset = getattr(_pair_reads, "dataset", None)
+    return _stock_imread(filename, flags) if dataset is None else dataset.read_pair_file(filename)
+
+
+_imread.__wrapped__ = _stock_imread
+ultralytics_base.imread = _imread
+
+
+def check_read_hook() -> None:
+    """Fail clearly if this Ultralytics no longer reads dataset images through ``ultralytics.data.base.imread``."""
+    if not all("imread" in f.__code__.co_names for f in (BaseDataset.load_image, BaseDataset.cache_images_to_disk)):
+        raise RuntimeError("this Ultralytics version no longer reads dataset images through "
+                           "ultralytics.data.base.imread, so paired images cannot be loaded; install ultralytics<8.5 "
+                           "as pinned by ghost-yolo")
 
 
 def check_label_file(lb_file: str, nc: int, single_cls: bool = False) -> str:
@@ -46,14 +71,26 @@ def check_label_file(lb_file: str, nc: int, single_cls: bool = False) -> str:
     return ""
 
 
-def verify_pair(args: tuple) -> list:
-    """Verify one pair and its labels; returns Ultralytics' verification tuple plus 'IR needs resizing'.
+class PairCheck(NamedTuple):
+    """What ``verify_pair`` found for one pair."""
+
+    stock: tuple  # Ultralytics' verify_image_label tuple for the colour image and labels (what result_to_label reads)
+    ir_resized: bool = False  # the IR partner has another size than its colour image and is resized to it
+
+
+def skipped_pair(msg: str) -> PairCheck:
+    """A pair that is skipped, counted as corrupt, with the reason."""
+    return PairCheck((None, None, None, None, None, 0, 0, 0, 1, msg))
+
+
+def verify_pair(args: tuple) -> PairCheck:
+    """Verify one pair and its labels: Ultralytics' verification of the colour image and labels, and whether the IR
+    partner needs resizing.
 
     ``fill`` (``fill_missing=True`` on rgb+ir data) keeps an incomplete pair, noted by name: ``ir`` for a colour image
     whose IR partner is missing, ``rgb`` for an IR image without colour partner (then ``im_file`` is that IR image).
     """
     im_file, ir_file, lb_file, prefix, nc, single_cls, need_ir, fill = args
-    bad = [None] * 5 + [0, 0, 0, 1]
     note = ""
     if fill == "rgb":
         need_ir, note = False, f"{prefix}WARNING ⚠️ {im_file}: IR image without colour partner, colour band filled"
@@ -61,29 +98,30 @@ def verify_pair(args: tuple) -> list:
         need_ir, note = False, f"{prefix}WARNING ⚠️ {im_file}: missing IR partner {ir_file}, IR band filled"
     if need_ir:
         if not Path(ir_file).exists():
-            return [*bad, f"{prefix}{im_file}: missing IR partner {ir_file}, pair skipped (fill_missing=True keeps it)",
-                    False]
+            return skipped_pair(f"{prefix}{im_file}: missing IR partner {ir_file}, pair skipped (fill_missing=True "
+                                "keeps it)")
         try:
             with Image.open(ir_file) as ir:
                 ir.verify()
             with Image.open(ir_file) as ir:
                 iw, ih = ir.size
         except Exception as e:
-            return [*bad, f"{prefix}{ir_file}: corrupt IR image ({e}), pair skipped", False]
+            return skipped_pair(f"{prefix}{ir_file}: corrupt IR image ({e}), pair skipped")
     if msg := check_label_file(lb_file, nc, single_cls):
-        return [*bad, f"{prefix}{msg}, pair skipped", False]
-    result = list(verify_image_label((im_file, lb_file, prefix, False, nc, 0, 0, single_cls)))
-    if note and result[0] is not None:
-        result[9] = f"{result[9]}\n{note} (fill_missing=True)" if result[9] else f"{note} (fill_missing=True)"
-    if result[0] is None or not need_ir:
-        return [*result, False]
-    h, w = result[2]
-    if abs(iw / ih - w / h) > 0.01:
-        result[:5] = [None] * 5
-        result[8] = 1
-        result[9] = f"{prefix}{im_file}: colour {w}x{h} and IR {iw}x{ih} ({ir_file}) differ in aspect ratio, pair skipped"
-        return [*result, False]
-    return [*result, (ih, iw) != (h, w)]
+        return skipped_pair(f"{prefix}{msg}, pair skipped")
+    stock = verify_image_label((im_file, lb_file, prefix, False, nc, 0, 0, single_cls))
+    found, lb, shape, segments, keypoints, n_missing, n_found, n_empty, n_corrupt, msg = stock
+    if found is None:
+        return PairCheck(stock)
+    if note:
+        msg = f"{msg}\n{note} (fill_missing=True)" if msg else f"{note} (fill_missing=True)"
+    if need_ir:
+        h, w = shape
+        if abs(iw / ih - w / h) > 0.01:
+            msg = f"{prefix}{im_file}: colour {w}x{h} and IR {iw}x{ih} ({ir_file}) differ in aspect ratio, pair skipped"
+            return PairCheck((None, None, None, None, None, n_missing, n_found, n_empty, 1, msg))
+    stock = found, lb, shape, segments, keypoints, n_missing, n_found, n_empty, n_corrupt, msg
+    return PairCheck(stock, need_ir and (ih, iw) != (h, w))
 
 
 class PairedDataset(YOLODataset):
@@ -110,6 +148,7 @@ class PairedDataset(YOLODataset):
         self.drop_modality = check_drop_modality(drop_modality, self.modality)
         self.modality_dropout = check_modality_dropout(modality_dropout, self.modality)
         self._ir_resize_noted = False
+        check_read_hook()
         super().__init__(*args, **kwargs)
 
     # Files and labels -------------------------------------------------------------------------------------------------
@@ -192,54 +231,52 @@ class PairedDataset(YOLODataset):
             repeat(True), fill,
         )
 
-    def result_to_label(self, result: list) -> tuple[dict | None, int, int, int, int, str]:
+    def result_to_label(self, result: PairCheck) -> tuple[dict | None, int, int, int, int, str]:
         """Convert a pair verification into a label; the first IR-size mismatch becomes one warning per dataset."""
-        *stock, resized = result
-        label, nm, nf, ne, nc, msg = super().result_to_label(stock)
-        if resized and not self._ir_resize_noted:
+        label, nm, nf, ne, nc, msg = super().result_to_label(result.stock)
+        if result.ir_resized and not self._ir_resize_noted:
             self._ir_resize_noted = True
-            ir = self.pairing.partner(stock[0])
+            ir = self.pairing.partner(label["im_file"])
             note = f"{self.prefix}WARNING ⚠️ IR images differ in size from their colour partners (first: {ir}); they are resized to the colour size"
             msg = f"{msg}\n{note}" if msg else note
         return label, nm, nf, ne, nc, msg
 
     # Images -----------------------------------------------------------------------------------------------------------
+    def read_pair_file(self, f: str) -> np.ndarray:
+        """Read the pair of image file ``f`` of this dataset at full resolution as one stacked array (a missing half
+        filled, with ``fill_missing``)."""
+        return load_pair(*self.halves(f), self.modality)
+
     def read_pair(self, i: int) -> np.ndarray:
-        """Read pair i at full resolution as one stacked array (a missing half filled, with ``fill_missing``)."""
-        return load_pair(*self.halves(self.im_files[i]), self.modality)
+        """Read pair i at full resolution as one stacked array."""
+        return self.read_pair_file(self.im_files[i])
+
+    @contextmanager
+    def reading_pairs(self):
+        """While inside, Ultralytics' image reads on this thread return this dataset's stacked pairs."""
+        outer = getattr(_pair_reads, "dataset", None)
+        _pair_reads.dataset = self
+        try:
+            yield
+        finally:
+            _pair_reads.dataset = outer
 
     def load_image(self, i: int, rect_mode: bool = True, resize_short: bool = False):
-        """Load pair i stacked and resized like ``BaseDataset.load_image`` (long side to imgsz), with its buffer."""
-        if self.ims[i] is not None:
-            return self.ims[i], self.im_hw0[i], self.im_hw[i]
-        fn = self.npy_files[i]
-        im = np.load(fn) if self.cache == "disk" and fn.exists() else self.read_pair(i)
-        h0, w0 = im.shape[:2]
-        shape = tuple(self.imgsz) if isinstance(self.imgsz, (tuple, list)) else (self.imgsz, self.imgsz)
-        if rect_mode:  # long side (or short side) to imgsz, keeping the aspect ratio
-            s = max(shape)
-            r = s / (min(h0, w0) if resize_short else max(h0, w0))
-            if r != 1:
-                w, h = math.ceil(w0 * r), math.ceil(h0 * r)
-                w, h = (w, h) if resize_short else (min(w, s), min(h, s))
-                im = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR)
-        elif (h0, w0) != shape:
-            im = cv2.resize(im, shape[::-1], interpolation=cv2.INTER_LINEAR)
-        if im.ndim == 2:
-            im = im[..., None]
-        if self.augment and self.cache != "ram":
-            self.ims[i], self.im_hw0[i], self.im_hw[i] = im, (h0, w0), im.shape[:2]
-            self.buffer.append(i)
-            if 1 < len(self.buffer) >= self.max_buffer_length:
-                j = self.buffer.pop(0)
-                self.ims[j], self.im_hw0[j], self.im_hw[j] = None, None, None
-        return im, (h0, w0), im.shape[:2]
+        """``BaseDataset.load_image`` (resize, mosaic buffer, RAM and .npy caches) on the stacked pair.
+
+        Ultralytics 8.4 has no per-dataset read hook: ``load_image`` calls the module-level ``imread`` of
+        ``ultralytics.data.base``. That name is wrapped once (``_imread``) to read the pair of the file asked for while
+        a paired dataset is loading on the calling thread, and to be Ultralytics' own ``imread`` otherwise. The .npy
+        cache (named after the colour image) follows Ultralytics' rules: reused when present and not older than the
+        colour image, rewritten when its channel count is not this modality's.
+        """
+        with self.reading_pairs():
+            return super().load_image(i, rect_mode, resize_short)
 
     def cache_images_to_disk(self, i: int) -> None:
-        """Cache the stacked pair, not just the colour image, as .npy."""
-        f = self.npy_files[i]
-        if not f.exists():
-            np.save(f.as_posix(), self.read_pair(i), allow_pickle=False)
+        """Cache the stacked pair, not just the colour image, as .npy (``BaseDataset.cache_images_to_disk``)."""
+        with self.reading_pairs():
+            super().cache_images_to_disk(i)
 
     # Augmentation -----------------------------------------------------------------------------------------------------
     def build_transforms(self, hyp: Any = None):
