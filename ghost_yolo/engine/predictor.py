@@ -8,7 +8,6 @@ import cv2
 import torch
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.utils import DEFAULT_CFG, ops
-from ultralytics.utils.checks import check_imgsz
 
 from ghost_yolo.cfg import ghost_defaults, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels, split_modalities
@@ -40,19 +39,19 @@ class GhostPredictor(DetectionPredictor):
         return modality_for_channels(int(getattr(self.model, "channels", 3)))
 
     def setup_source(self, source: Any, stride: int | None = None) -> None:
-        """Pairs for file/folder sources; Ultralytics' own loaders for arrays, streams and plain colour images."""
+        """Pairs for file/folder sources; Ultralytics' own loaders for arrays, streams and plain colour images.
+
+        A paired source is handed to Ultralytics' ``setup_source`` as a ready ``LoadImagePairs`` loader, which its
+        ``load_inference_source`` takes as it is (a ``LoadImagesAndVideos``), so image size checks, source type and
+        video writers stay Ultralytics' own.
+        """
         names = {k: getattr(self.args, k, None) for k in ("rgb_suffix", "ir_suffix", "rgb_dir", "ir_dir")}
         pairing = Pairing(**{k: str(v) for k, v in names.items() if v}) if any(names.values()) else None
         self.drop_modality = check_drop_modality(getattr(self.args, "drop_modality", None), self.modality)
-        if not is_paired_source(source) or (self.modality == "rgb" and not looks_paired(source, pairing)):
-            return super().setup_source(source, stride)
-        if hasattr(self.model, "imgsz") and not getattr(self.model, "dynamic", False):
-            self.args.imgsz = self.model.imgsz
-        self.imgsz = check_imgsz(self.args.imgsz, stride=stride or self.model.stride, min_dim=2)
-        pairs = find_pairs(source, pairing, fill_missing=bool(getattr(self.args, "fill_missing", False)))
-        self.dataset = LoadImagePairs(pairs, self.modality, batch=self.args.batch)
-        self.source_type = self.dataset.source_type
-        self.vid_writer = {}
+        if is_paired_source(source) and (self.modality != "rgb" or looks_paired(source, pairing)):
+            pairs = find_pairs(source, pairing, fill_missing=bool(getattr(self.args, "fill_missing", False)))
+            source = LoadImagePairs(pairs, self.modality, batch=self.args.batch)
+        super().setup_source(source, stride)
 
     def pre_transform(self, im: list) -> list:
         """Letterbox like Ultralytics, then fill the band ``drop_modality`` names (the input as if that sensor failed;
