@@ -16,26 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS, cpu_name, run_main, write_md
+
 TARGET_S = 600
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def record(run: Path, seconds: float, isa: str) -> str:
@@ -67,7 +55,7 @@ def record(run: Path, seconds: float, isa: str) -> str:
         f"{fs.get('gbops')} GBOPs); {q.get('avg_w_bits')} average weight bits |",
     ]
     text = "\n".join(lines) + "\n"
-    (RESULTS / "demo.md").write_text(text)
+    write_md(RESULTS / "demo.md", [text])
     return text
 
 
@@ -95,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -19,18 +19,13 @@ One run, side by side, onnxruntime on 2 threads:
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import numpy as np
 import torch
-from bench_quant import make_data, train_arm
+from common import (add_run_options, banner, base_parser, make_data, medians, round_ratios, run_main, timed_rounds,
+                    train_arm, work_dir, write_md)
 
 from ghost_yolo import GhostYOLO
 
@@ -39,8 +34,7 @@ ARM_BITS = {"W8": 8, "HQ": "hq", "W4": 4}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--weights", type=Path, help="float vedai-synth model (default: train one, --fp-epochs)")
     p.add_argument("--arm", action="append", default=[], help="LABEL=path of a trained QAT arm (W8, HQ, W4)")
     p.add_argument("--fp-epochs", type=int, default=15, help="float epochs when no --weights (15)")
@@ -52,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib", type=int, default=32, help="calibration images for onnxruntime PTQ (32)")
     p.add_argument("--batch", type=int, default=16, help="training batch (16)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads (2)")
-    p.add_argument("--workdir", type=Path, help="data and runs (default: a temporary directory)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/deploy.md"), help="markdown tables")
+    add_run_options(p, out="benchmarks/results/deploy.md", out_help="markdown tables",
+                    workdir_help="data and runs (default: a temporary directory)", threads=False)
     a = p.parse_args(argv)
     if a.quick:
         a.fp_epochs, a.q_epochs, a.imgsz, a.latency_sizes, a.reps, a.calib = 1, 1, 128, [128], 5, 8
@@ -161,17 +155,15 @@ def latency(paths: dict[str, Path], imgsz: int, reps: int, threads: int) -> tupl
     in the same round (runs interleaved, so a slow spell of the machine hits a round's models alike)."""
     sessions = {k: session(p, threads) for k, p in paths.items()}
     x = np.random.default_rng(0).random((1, 4, imgsz, imgsz), dtype=np.float32)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {"images": x})
-    for _ in range(reps):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {"images": x})
-            times[k].append(time.perf_counter() - t)
-    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    ratios = {k: statistics.median(a / b for a, b in zip(v, times["float"])) for k, v in times.items()}
+
+    def timed(s) -> float:
+        t = time.perf_counter()
+        s.run(None, {"images": x})
+        return time.perf_counter() - t
+
+    times = timed_rounds({k: lambda s=s: timed(s) for k, s in sessions.items()}, reps, warmup=3, alternate=False)
+    ms = {k: 1000 * v for k, v in medians(times).items()}
+    ratios = medians(round_ratios(times, "float"))
     return ms, ratios
 
 
@@ -179,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     """Train or take the arms, then accuracy/parity, latency and size tables; print and save markdown."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-deploy-")
-        args.workdir = Path(tmp.name)
+    with work_dir(args.workdir, "ghost-bench-deploy-") as args.workdir:
+        return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """The benchmark in ``args.workdir``."""
     wd = args.workdir
-    wd.mkdir(parents=True, exist_ok=True)
-    print(f"ghost-yolo deployment benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | {wd}")
+    banner("deployment", wd)
     t0 = time.time()
     data_yaml = make_data(wd, args.quick, args.imgsz)
     fp = args.weights or train_arm("ghost-n.yaml", data_yaml, wd / "runs", "fp", args.fp_epochs, args, bits=32,
@@ -258,13 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     lat_head = [f"onnxruntime CPU, {args.threads} threads, batch 1, median of {args.reps} interleaved runs."]
     lines = [*acc, "", *lat_head, "", *lat, "", *[f"- {v}" for v in verdicts], "", f"({time.time() - t0:.0f} s)"]
     md = ["# Quantized deployment (benchmarks/bench_deploy.py)", "", *lines]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_md(args.out, [*md, ""])
     print("\n" + "\n".join(lines) + f"\n(saved to {args.out})")
-    if tmp:
-        tmp.cleanup()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,7 +18,8 @@ Every question is answered side by side in ONE run at a fixed budget and seed, a
 3. Modality: the whole pipeline (``--mod-epochs``, half float, then HQ + OST) from scratch on rgb, ir and rgb+ir; float
    (end of the float phase) and HQ mAP50 of each.
 
-The tables are printed and saved as markdown (``--out``). Exits 0 whatever the numbers: PASS/FAIL lines compare.
+The tables are printed and saved as markdown (``--out``; the step section in ``--step-out``). Exits 0 whatever the
+numbers: PASS/FAIL lines compare.
 
 Usage (from the repository root, ghost-yolo installed):
     python benchmarks/bench_distill.py --weights best.pt    # reuse a float vedai-synth model (bench_quant.py makes one)
@@ -32,19 +33,17 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from copy import deepcopy
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from bench_quant import evaluate, make_data, real_batch, train_arm
+from common import (add_run_options, banner, base_parser, evaluate_run, make_data, make_step, md_table, medians,
+                    real_batch, round_ratios, run_main, step_peak_memory, timed_rounds, train_arm, work_dir, write_md)
 
 STEP_TARGET = 1.9  # QAT+OST / float step time, at most
 MEM_TARGET = 1.4  # QAT+OST / QAT step peak memory, at most
@@ -54,8 +53,7 @@ FP32_TEACHER = "QAT+OST fp32 teacher"  # the OST arm with its teacher pass in fp
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--skip-step", action="store_true", help="skip the step time / memory section")
     p.add_argument("--skip-ablation", action="store_true", help="skip the KD ablation")
     p.add_argument("--skip-modality", action="store_true", help="skip RGB vs IR vs RGB+IR")
@@ -67,9 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--q-epochs", type=int, default=3, help="epochs of every ablation arm (3)")
     p.add_argument("--mod-epochs", type=int, default=8, help="epochs of every modality pipeline run (8: 4 float + 4)")
     p.add_argument("--hq-threshold", type=float, default=2.0, help="HQ threshold (2.0: ~4.8 bits on ghost-n)")
-    p.add_argument("--workdir", type=Path, help="data and runs go here (default: a temporary directory)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/distill.md"), help="markdown tables")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    add_run_options(p, out="benchmarks/results/distill.md", out_help="markdown tables (the step section: --step-out)")
+    p.add_argument("--step-out", type=Path, default=Path("benchmarks/results/distill_step.md"),
+                   help="markdown of the step section")
     p.add_argument("--memory-arm", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's memory, in a subprocess
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -111,21 +109,6 @@ def _defaults() -> dict:
     return ghost_defaults()
 
 
-def make_step(m: torch.nn.Module, batch: dict):
-    """A closure running one training step of ``m`` on ``batch`` and returning its seconds."""
-    opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
-
-    def step() -> float:
-        t = time.perf_counter()
-        loss, _ = m.loss(batch)
-        loss.sum().backward()
-        opt.step()
-        opt.zero_grad()
-        return time.perf_counter() - t
-
-    return step
-
-
 def saved_bytes(m: torch.nn.Module, batch: dict) -> int:
     """Bytes of the distinct tensors autograd keeps for backward during one loss computation."""
     seen: dict[int, int] = {}
@@ -140,12 +123,6 @@ def saved_bytes(m: torch.nn.Module, batch: dict) -> int:
     return sum(seen.values())
 
 
-def _status_kb(field: str) -> int:
-    """A field of /proc/self/status in bytes (VmRSS: resident now, VmHWM: resident peak)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
 def memory_arm(args: argparse.Namespace) -> None:
     """(subprocess) Peak resident memory of training steps of one arm, above the process with model and batch loaded.
 
@@ -155,13 +132,8 @@ def memory_arm(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     batch = real_batch(args.data, args.imgsz, 8)
     m = build_arms(batch, (args.memory_arm,))[args.memory_arm]
-    step = make_step(m, batch)
-    base = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak to the current resident size
-    for _ in range(4):
-        step()
-    print(json.dumps({"peak": _status_kb("VmHWM") - base, "base": base}))
+    peak, base = step_peak_memory(make_step(m, batch))
+    print(json.dumps({"peak": peak, "base": base}))
 
 
 def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
@@ -173,17 +145,9 @@ def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
     arms = build_arms(batch, names)
     steps = {k: make_step(m, batch) for k, m in arms.items()}
     graph = {k: saved_bytes(m, batch) for k, m in arms.items()}
-    for k in arms:  # warm-up
-        steps[k](), steps[k]()
-    times = {k: [] for k in arms}
-    ratios = {k: [] for k in arms}  # per round, against that round's float step: drift cancels
-    for r in range(args.step_reps):
-        t = {k: steps[k]() for k in (names if r % 2 == 0 else names[::-1])}
-        for k in names:
-            times[k].append(t[k])
-            ratios[k].append(t[k] / t["float"])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    rat = {k: statistics.median(v) for k, v in ratios.items()}
+    times = timed_rounds(steps, args.step_reps)
+    med = medians(times)
+    rat = medians(round_ratios(times, "float"))  # per round, against that round's float step: drift cancels
     mem = {}
     for k in ARMS:
         out = subprocess.run([sys.executable, __file__, "--memory-arm", k, "--data", str(data_yaml), "--imgsz",
@@ -239,7 +203,7 @@ def bench_ablation(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
         slug = name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
         try:
             run = train_arm(fp, data_yaml, project, slug, args.q_epochs, args, **kw)
-            res[name] = evaluate(run, data_yaml, args.imgsz)
+            res[name] = evaluate_run(run, data_yaml, args.imgsz)
             if "quantize" in kw:  # ModelOpt's INT8 layers are invisible to ghost's size accounting
                 res[name].update(bits=8.0, mb=float("nan"))
         except Exception as e:  # an optional arm failing must not lose the others
@@ -247,11 +211,9 @@ def bench_ablation(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
             continue
         print(f"  {name}: {res[name]}", flush=True)
     f = res.get("float", {"map50": float("nan")})
-    rows = ["| arm | avg weight bits | size MB | mAP50 | mAP50-95 | mAP50 vs float |", "|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        mb = "n/a" if r["mb"] != r["mb"] else f"{r['mb']:.2f}"
-        rows.append(f"| {name} | {r['bits']:.2f} | {mb} | {r['map50']:.1f} | {r['map']:.1f} | "
-                    f"{r['map50'] - f['map50']:+.1f} |")
+    rows = md_table(["arm", "avg weight bits", "size MB", "mAP50", "mAP50-95", "mAP50 vs float"],
+                    [[name, f"{r['bits']:.2f}", "n/a" if r["mb"] != r["mb"] else f"{r['mb']:.2f}", f"{r['map50']:.1f}",
+                      f"{r['map']:.1f}", f"{r['map50'] - f['map50']:+.1f}"] for name, r in res.items()])
     verdicts = []
     for label in ("W4", "HQ"):
         a, b = res.get(f"{label} OST (self)"), res.get(f"{label} no KD")
@@ -274,7 +236,7 @@ def bench_modality(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
     """The whole pipeline from scratch per modality: float-phase mAP50 and final HQ + OST mAP50."""
     project = root / "modality"
     t0 = time.time()
-    rows = ["| modality | float mAP50 | HQ + OST mAP50 | avg weight bits |", "|---|---|---|---|"]
+    rows = md_table(["modality", "float mAP50", "HQ + OST mAP50", "avg weight bits"])
     for modality in ("rgb", "ir", "rgb+ir"):
         name = modality.replace("+", "_")
         run = train_arm("ghost-n.yaml", data_yaml, project, name, args.mod_epochs, args, modality=modality,
@@ -290,43 +252,37 @@ def bench_modality(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sections, print their results together, save the markdown."""
+    """Run the sections, print their results together, save the markdown: the step section in ``--step-out``, the
+    ablation and modality sections in ``--out``."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_arm:
         memory_arm(args)
         return 0
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-distill-")
-        args.workdir = Path(tmp.name)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"ghost-yolo distillation benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | {args.workdir}")
-    data_yaml = make_data(args.workdir, args.quick, args.imgsz)
-    md = ["# Self-distillation (benchmarks/bench_distill.py)", ""]
-    out = []
-    if not args.skip_step:
-        lines = bench_step(args, data_yaml)
-        out += lines
-        md += ["## Step cost", "", "```", *lines, "```", ""]
-    if not args.skip_ablation:
-        lines = bench_ablation(args, data_yaml, args.workdir)
-        out += ["", *lines]
-        md += ["## Ablation", "", *lines, ""]
-    if not args.skip_modality:
-        lines = bench_modality(args, data_yaml, args.workdir)
-        out += ["", *lines]
-        md += ["## Modality", "", *lines, ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(md), encoding="utf-8")
-    print("\n" + "\n".join(out) + f"\n(saved to {args.out})")
-    if tmp:
-        tmp.cleanup()
+    title = ["# Self-distillation (benchmarks/bench_distill.py)", ""]
+    with work_dir(args.workdir, "ghost-bench-distill-") as args.workdir:
+        banner("distillation", args.workdir)
+        data_yaml = make_data(args.workdir, args.quick, args.imgsz)
+        md, out, saved = list(title), [], []
+        if not args.skip_step:
+            lines = bench_step(args, data_yaml)
+            out += lines
+            write_md(args.step_out, [*title, "## Step cost", "", "```", *lines, "```", ""])
+            saved.append(args.step_out)
+        if not args.skip_ablation:
+            lines = bench_ablation(args, data_yaml, args.workdir)
+            out += ["", *lines]
+            md += ["## Ablation", "", *lines, ""]
+        if not args.skip_modality:
+            lines = bench_modality(args, data_yaml, args.workdir)
+            out += ["", *lines]
+            md += ["## Modality", "", *lines, ""]
+        if len(md) > len(title):
+            write_md(args.out, md)
+            saved.append(args.out)
+        print("\n" + "\n".join(out) + f"\n(saved to {', '.join(map(str, saved)) or 'nothing'})")
     return 0
 
 
 if __name__ == "__main__":
-    from ghost_yolo.utils.allocator import reuse_freed_memory
-
-    with reuse_freed_memory():  # as GhostTrainer does on CPU: the steps timed here run as they do in training
-        sys.exit(main())
+    run_main(main, reuse_memory=True)  # the steps timed here run as they do in training

@@ -30,10 +30,11 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
+
+from common import run_main
 
 SPEED_TARGET = 15.0  # sklearn time / ours, at least
 INERTIA_TARGET = 1.05  # ours / sklearn inertia, at most, for every layer at every k
@@ -83,8 +84,7 @@ def load_weights(path: Path | None) -> tuple[dict, str]:
     """{conv name: float32 weight} from a checkpoint, or from a random-init ghost-n; plus a description."""
     import torch
 
-    import ghost_yolo  # noqa: F401 - registers the modules a ghost checkpoint unpickles
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.nn.model import GhostDetectionModel  # importing ghost_yolo registers what a checkpoint unpickles
 
     if path:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -215,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

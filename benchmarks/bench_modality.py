@@ -23,17 +23,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quant import make_data  # noqa: E402  (one vedai-synth recipe for every benchmark)
+from common import add_run_options, banner, base_parser, make_data, md_table, run_main, work_dir, write_md
 
 IR_MISSING_TARGET = 2.0  # dropout model with IR missing: mAP50 points below the rgb-only model, at most
 BOTH_TARGET = 1.0  # dropout model with both bands: mAP50 points below the model trained without dropout, at most
@@ -42,16 +38,14 @@ CONDITIONS = {"both": None, "IR missing": "ir", "colour missing": "rgb"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--p", type=float, default=0.5, help="modality_dropout of the dropout model (0.5)")
     p.add_argument("--imgsz", type=int, default=160, help="training and validation image size (160)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of every model (10)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (0 1)")
-    p.add_argument("--workdir", type=Path, help="data and runs go here, finished runs are reused (default: temporary)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/modality.md"), help="markdown table")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    add_run_options(p, out="benchmarks/results/modality.md",
+                    workdir_help="data and runs go here, finished runs are reused (default: temporary)")
     a = p.parse_args(argv)
     if a.quick:
         a.epochs, a.imgsz, a.seeds = 1, 64, a.seeds[:1]
@@ -117,7 +111,7 @@ def report(res: dict, args: argparse.Namespace, seconds: float) -> list[str]:
     names = list(arms(args.p))
     plain, drop, rgb = (statistics.fmean(res[n]["both"]) for n in names[:3])
     drop_ir = statistics.fmean(res[names[1]]["IR missing"])
-    rows = ["| model (trained on) | both bands | IR missing | colour missing |", "|---|---|---|---|"]
+    rows = md_table(["model (trained on)", "both bands", "IR missing", "colour missing"])
     for n in names:
         r = res[n]
         if n.startswith(("rgb only", "ir only")):
@@ -153,28 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     """Train, validate, print and save the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-modality-")
-        args.workdir = Path(tmp.name)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"ghost-yolo missing-sensor benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | {args.workdir}",
-          flush=True)
+    with work_dir(args.workdir, "ghost-bench-modality-") as args.workdir:
+        return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """The benchmark in ``args.workdir``."""
+    banner("missing-sensor", args.workdir)
     t0 = time.time()
     data_yaml = make_data(args.workdir, args.quick, args.imgsz)
     res = run_all(args, data_yaml)
     (args.workdir / "modality.json").write_text(json.dumps(res, indent=2))
     lines = report(res, args, time.time() - t0)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
+    write_md(args.out, lines)
     print("\n" + "\n".join(lines) + f"\n(saved to {args.out})")
-    if tmp:
-        tmp.cleanup()
     return 0
 
 
 if __name__ == "__main__":
-    from ghost_yolo.utils.allocator import reuse_freed_memory
-
-    with reuse_freed_memory():  # as GhostTrainer does on CPU
-        sys.exit(main())
+    run_main(main, reuse_memory=True)

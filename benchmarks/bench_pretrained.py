@@ -30,24 +30,20 @@ import argparse
 import csv
 import os
 import re
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
-from bench_quant import make_data
+from common import add_run_options, banner, base_parser, make_data, md_table, run_main, work_dir, write_md
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--imgsz", type=int, default=192, help="image size (192)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--pre-epochs", type=int, default=12, help="epochs of the 3-channel pretraining (12)")
@@ -55,9 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, help="a 3-channel (modality=rgb) ghost-n to use instead of pretraining")
     p.add_argument("--rgb-arm", action="store_true", help="also a colour-only reference arm (what IR adds)")
     p.add_argument("--no-dual", action="store_true", help="skip the dual-stream stem arms (seeded vs Ultralytics)")
-    p.add_argument("--workdir", type=Path, help="data and runs go here (default: a temporary directory)")
-    p.add_argument("--out", type=Path, help="markdown table (benchmarks/results/pretrained.md; --quick: in the workdir)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    add_run_options(p, out="", out_help="markdown table (benchmarks/results/pretrained.md; --quick: in the workdir)")
     a = p.parse_args(argv)
     if a.quick:
         a.pre_epochs, a.ft_epochs, a.imgsz = min(a.pre_epochs, 1), min(a.ft_epochs, 2), 96
@@ -110,26 +104,23 @@ def arms(args: argparse.Namespace, rgb: Path) -> dict[str, tuple[str | Path, dic
 
 def table(res: dict[str, list[dict[str, float]]], epochs: int) -> list[str]:
     """Markdown rows: mAP50 after each epoch, and the last epoch's mAP50 / mAP50-95."""
-    rows = ["| arm | " + " | ".join(f"mAP50 ep {e + 1}" for e in range(epochs)) + " | mAP50-95 (last) |",
-            "|---|" + "---|" * (epochs + 1)]
-    for name, per_epoch in res.items():
-        rows.append(f"| {name} | " + " | ".join(f"{r['map50']:.1f}" for r in per_epoch)
-                    + f" | {per_epoch[-1]['map']:.1f} |")
-    return rows
+    return md_table(["arm", *(f"mAP50 ep {e + 1}" for e in range(epochs)), "mAP50-95 (last)"],
+                    [[name, *(f"{r['map50']:.1f}" for r in per_epoch), f"{per_epoch[-1]['map']:.1f}"]
+                     for name, per_epoch in res.items()])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Pretrain on colour, run the arms, print and save the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-pretrained-")
-        args.workdir = Path(tmp.name)
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    with work_dir(args.workdir, "ghost-bench-pretrained-") as args.workdir:
+        return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """The benchmark in ``args.workdir``."""
     args.out = args.out or (args.workdir / "pretrained.md" if args.quick else Path("benchmarks/results/pretrained.md"))
-    print(f"ghost-yolo pretrained-seeding benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | "
-          f"load {os.getloadavg()[0]:.1f} | {args.workdir}", flush=True)
+    banner("pretrained-seeding", args.workdir, f"load {os.getloadavg()[0]:.1f} | ")
     t0 = time.time()
     data_yaml = make_data(args.workdir, args.quick, 256)
     project = args.workdir / "runs"
@@ -167,16 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         verdict += f" Dual stem, seeded - Ultralytics load: {d[-1]['map50'] - u[-1]['map50']:+.1f}."
     lines = ["# RGB-pretrained weights into an RGB+IR model (benchmarks/bench_pretrained.py)", "", *protocol, "",
              *table(res, args.ft_epochs), "", verdict, ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
+    write_md(args.out, lines)
     print("\n" + "\n".join(lines[2:]) + f"\n(saved to {args.out})")
-    if tmp:
-        tmp.cleanup()
     return 0
 
 
 if __name__ == "__main__":
-    from ghost_yolo.utils.allocator import reuse_freed_memory
-
-    with reuse_freed_memory():
-        sys.exit(main())
+    run_main(main, reuse_memory=True)

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import sys
-import tempfile
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -35,6 +32,8 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import torch
+from common import (add_run_options, banner, base_parser, evaluate_run, make_data, md_table, medians, real_batch,
+                    run_main, timed_rounds, train_arm, work_dir, write_md)
 
 STEP_TARGET = 1.5  # quantized / float step time, at most
 W8_TARGET = 1.0  # mAP50 points below float, at most
@@ -44,8 +43,7 @@ HQ_BITS = 5.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--skip-step", action="store_true", help="skip the step-time section")
     p.add_argument("--skip-accuracy", action="store_true", help="skip the accuracy section")
     p.add_argument("--imgsz", type=int, default=256, help="training image size (256)")
@@ -55,48 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fp-epochs", type=int, default=15, help="float epochs before the arms (15, the demo's budget)")
     p.add_argument("--q-epochs", type=int, default=5, help="epochs of every arm (5)")
     p.add_argument("--hq-threshold", type=float, default=2.0, help="HQ threshold of the HQ arm (2.0: ~4.8 bits here)")
-    p.add_argument("--workdir", type=Path, help="data and runs go here (default: a temporary directory)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant_accuracy.md"), help="markdown table")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    add_run_options(p, out="benchmarks/results/quant_accuracy.md")
     a = p.parse_args(argv)
     if a.quick:
         a.fp_epochs, a.q_epochs, a.step_reps, a.imgsz = min(a.fp_epochs, 1), min(a.q_epochs, 1), 3, 128
     return a
 
 
-def make_data(root: Path, quick: bool, imgsz: int) -> Path:
-    """Generate vedai-synth (400/100 pairs, or 32/16 for --quick) and its data YAML."""
-    from ultralytics.utils import YAML
-
-    from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
-
-    data = root / "vedai-synth"
-    n_train, n_val = (32, 16) if quick else (400, 100)
-    if not (data / "data.yaml").exists():
-        generate_vedai_synth(data, n_train=n_train, n_val=n_val, imgsz=max(imgsz, 256), seed=0, workers=2)
-        YAML.save(data / "data.yaml", {"path": str(data), "train": "images/train", "val": "images/val",
-                                       "pairing": "suffix", "names": VEDAI_NAMES})
-    return data / "data.yaml"
-
-
 # 1. step time ---------------------------------------------------------------------------------------------------------
-def real_batch(data_yaml: Path, imgsz: int, batch: int) -> dict:
-    """One augmented training batch from the paired loader (mosaic, perspective, HSV, flips), images in [0, 1]."""
-    from ghost_yolo.cfg import ghost_defaults
-    from ultralytics.cfg import get_cfg
-
-    from ghost_yolo.data.check import apply_modality, build_dataset, check_data
-
-    cfg = get_cfg(overrides={"imgsz": imgsz, "data": str(data_yaml)})
-    for k, v in ghost_defaults().items():
-        setattr(cfg, k, v)
-    data = apply_modality(check_data(str(data_yaml)), None, vars(cfg))
-    ds = build_dataset(cfg, data["train"], batch, data, mode="train", stride=32)
-    b = ds.collate_fn([ds[i] for i in range(batch)])
-    b["img"] = b["img"].float() / 255
-    return b
-
-
 def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
     """Interleaved medians of float, W8A8 and W4A4 training steps on the same batch and weights."""
     from ultralytics.cfg import get_cfg
@@ -126,14 +90,7 @@ def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
         opt.zero_grad()
         return time.perf_counter() - t
 
-    for k in arms:  # warm-up
-        step(k), step(k)
-    times = {k: [] for k in arms}
-    order = list(arms)
-    for r in range(args.step_reps):
-        for k in order if r % 2 == 0 else order[::-1]:
-            times[k].append(step(k))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(timed_rounds({k: lambda k=k: step(k) for k in arms}, args.step_reps))
     lines = [f"step time (batch 8, imgsz {args.imgsz}, {torch.get_num_threads()} threads, median of {args.step_reps}):"]
     for k in arms:
         ratio = med[k] / med["float"]
@@ -143,29 +100,6 @@ def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
 
 
 # 2. accuracy ----------------------------------------------------------------------------------------------------------
-def train_arm(model: str | Path, data_yaml: Path, project: Path, name: str, epochs: int, args: argparse.Namespace,
-              **kw) -> Path:
-    """One training run with the benchmark's fixed settings; returns its run directory."""
-    from ghost_yolo import GhostYOLO
-
-    GhostYOLO(model).train(data=str(data_yaml), epochs=epochs, imgsz=args.imgsz, batch=args.batch, workers=2, seed=0,
-                           deterministic=True, project=str(project), name=name, exist_ok=True, plots=False,
-                           warmup_epochs=0 if name != "fp" else 1, close_mosaic=min(3, epochs), verbose=False, **kw)
-    return project / name
-
-
-def evaluate(run: Path, data_yaml: Path, imgsz: int) -> dict:
-    """mAP of a run's best.pt (fused, as deployed), with its size and BOPs at imgsz."""
-    from ghost_yolo import GhostYOLO
-
-    m = GhostYOLO(run / "weights" / "best.pt")
-    costs = m.quant_info(imgsz=imgsz, save=False, verbose=False).attrs["totals"]
-    met = m.val(data=str(data_yaml), imgsz=imgsz, batch=16, workers=2, plots=False, verbose=False)
-    return {"map50": round(100 * float(met.box.map50), 2), "map": round(100 * float(met.box.map), 2),
-            "bits": round(costs["avg_w_bits"], 3), "mb": round(float(costs["size_mb"]), 3),
-            "gbops": round(float(costs["gbops"]), 2)}
-
-
 def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> list[str]:
     """Float base model, then the four arms from it; a markdown table of the results."""
     project = root / "runs"
@@ -179,14 +113,13 @@ def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
     res = {}
     for name, kw in arms.items():
         run = train_arm(fp, data_yaml, project, name.split()[0].lower(), args.q_epochs, args, **kw)
-        res[name] = evaluate(run, data_yaml, args.imgsz)
+        res[name] = evaluate_run(run, data_yaml, args.imgsz)
         print(f"  {name}: {res[name]}", flush=True)
     f = res["float"]
-    rows = [f"| model | avg weight bits | size MB | GBOPs @{args.imgsz} | mAP50 | mAP50-95 | mAP50 vs float |",
-            "|---|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        rows.append(f"| {name} | {r['bits']:.2f} | {r['mb']:.2f} | {r['gbops']:.1f} | {r['map50']:.1f} | "
-                    f"{r['map']:.1f} | {r['map50'] - f['map50']:+.1f} |")
+    rows = md_table(["model", "avg weight bits", "size MB", f"GBOPs @{args.imgsz}", "mAP50", "mAP50-95",
+                     "mAP50 vs float"],
+                    [[name, f"{r['bits']:.2f}", f"{r['mb']:.2f}", f"{r['gbops']:.1f}", f"{r['map50']:.1f}",
+                      f"{r['map']:.1f}", f"{r['map50'] - f['map50']:+.1f}"] for name, r in res.items()])
     w8, hq = res["W8A8"], res[f"HQ (t={args.hq_threshold})"]
     verdicts = [
         f"W8A8 within {W8_TARGET} mAP50 point of float: W8A8 - float = {w8['map50'] - f['map50']:+.1f} -> "
@@ -200,9 +133,8 @@ def bench_accuracy(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
               f"{'from ' + str(args.weights) if args.weights else f'trained {args.fp_epochs} epochs'}, then "
               f"{args.q_epochs} epochs per arm from it (LSQ, first/head convs at 8 bit); CPU, "
               f"{args.threads} threads; {time.time() - t0:.0f} s.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(["# Quantization accuracy (benchmarks/bench_quant.py)", "", budget, "", *rows, "",
-                                   *[f"- {v}" for v in verdicts], ""]), encoding="utf-8")
+    write_md(args.out, ["# Quantization accuracy (benchmarks/bench_quant.py)", "", budget, "", *rows, "",
+                        *[f"- {v}" for v in verdicts], ""])
     return [budget, *rows, *verdicts, f"(saved to {args.out})"]
 
 
@@ -210,26 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the sections and print their results together at the end."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="ghost-bench-quant-")
-        args.workdir = Path(tmp.name)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"ghost-yolo quantization benchmark | torch {torch.__version__} | {os.cpu_count()} CPUs | {args.workdir}")
-    data_yaml = make_data(args.workdir, args.quick, args.imgsz)
-    out = []
-    if not args.skip_step:
-        out += bench_step(args, data_yaml)
-    if not args.skip_accuracy:
-        out += [""] + bench_accuracy(args, data_yaml, args.workdir)
-    print("\n" + "\n".join(out))
-    if tmp:
-        tmp.cleanup()
+    with work_dir(args.workdir, "ghost-bench-quant-") as args.workdir:
+        banner("quantization", args.workdir)
+        data_yaml = make_data(args.workdir, args.quick, args.imgsz)
+        out = []
+        if not args.skip_step:
+            out += bench_step(args, data_yaml)
+        if not args.skip_accuracy:
+            out += [""] + bench_accuracy(args, data_yaml, args.workdir)
+        print("\n" + "\n".join(out))
     return 0
 
 
 if __name__ == "__main__":
-    from ghost_yolo.utils.allocator import reuse_freed_memory
-
-    with reuse_freed_memory():  # as GhostTrainer does on CPU: the steps timed here run as they do in training
-        sys.exit(main())
+    run_main(main, reuse_memory=True)  # the steps timed here run as they do in training

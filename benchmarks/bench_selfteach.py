@@ -29,7 +29,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-from copy import deepcopy
 import json
 import math
 import os
@@ -37,11 +36,14 @@ import statistics
 import subprocess
 import sys
 import time
+from copy import deepcopy
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import (RESULTS, ahead, cpu_name, make_step, paired, real_batch, round_ratios, run_main, step_peak_memory,
+                    timed_rounds, vedai_synth)
+
 CACHE = RESULTS / "selfteach_runs.jsonl"
 REPORT = RESULTS / "selfteach.md"
 WIDTHS = {"W4": {"bits": 4}, "HQ": {"bits": "hq", "hq_threshold": 2.0}, "W8": {"bits": 8}}
@@ -49,16 +51,6 @@ WIDTHS = {"W4": {"bits": 4}, "HQ": {"bits": "hq", "hq_threshold": 2.0}, "W8": {"
 SETTINGS = {"model": "ghost-n.yaml", "imgsz": 160, "n_train": 400, "n_val": 1000, "batch": 16, "q_epochs": 3,
             "fp_max_epochs": 50, "fp_patience": 6, "b_epochs": 12, "b_fp_epochs": 9, "data_seed": 0}
 CONFIRM_SEED = 10  # seeds from here on confirm an arm chosen on the screening seeds below it
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
-
-
-def cpu_name() -> str:
-    """The CPU model (platform.processor() is often empty on Linux)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_demo import cpu_name as name
-
-    return name()
 
 
 def arm_keys(arm: str, teacher: Path | None) -> dict:
@@ -84,16 +76,13 @@ def make_data(work: Path) -> tuple[Path, Path]:
     """vedai-synth at the benchmark's size: (data YAML with the full val split, data YAML with a 32-pair val list)."""
     from ultralytics.utils import YAML
 
-    from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
+    from ghost_yolo.data.synthetic import VEDAI_NAMES
 
     s = SETTINGS
     root = work / f"vedai-synth-{s['imgsz']}-{s['n_train']}-{s['n_val']}"
     full, small = root / "data.yaml", root / "data-small-val.yaml"
     if not small.exists():
-        generate_vedai_synth(root, n_train=s["n_train"], n_val=s["n_val"], imgsz=s["imgsz"], seed=s["data_seed"],
-                             workers=2)
-        YAML.save(full, {"path": str(root), "train": "images/train", "val": "images/val", "pairing": "suffix",
-                         "names": VEDAI_NAMES})
+        vedai_synth(root, s["n_train"], s["n_val"], s["imgsz"], seed=s["data_seed"])
         val = sorted((root / "images" / "val").glob("*_co.png"))
         (root / "val32.txt").write_text("\n".join(str(p) for p in val[:32]) + "\n")
         (root / "val200.txt").write_text("\n".join(str(p) for p in val[-200:]) + "\n")
@@ -182,16 +171,6 @@ def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path
 
 
 # Statistics and the report -------------------------------------------------------------------------------------------
-def paired(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean of paired differences and its t-based 95 % CI (nan bounds for one pair)."""
-    n = len(diffs)
-    mean = statistics.fmean(diffs)
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = T95.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def report(records: list[dict], fp_rec: dict | None = None) -> str:
     """selfteach.md: per regime and width, every arm against none over the seeds both have."""
     s = SETTINGS
@@ -252,9 +231,8 @@ def report(records: list[dict], fp_rec: dict | None = None) -> str:
                 mean, lo, hi = paired(d50)
                 mean_m = statistics.fmean(d)
                 ci = f"[{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else "(one seed)"
-                ahead = sum(x > 0 for x in d50)
                 lines.append(f"| {arm} | {seeds} | {m50:.1f} | {m:.1f} | {mean:+.2f} {ci} | {mean_m:+.2f} | "
-                             f"{ahead} of {len(pairs)} | {fs_txt} |")
+                             f"{ahead(d50)} | {fs_txt} |")
             lines.append("")
     for extra in ("selfteach_grad.md", "selfteach_step.md"):
         if (RESULTS / extra).exists():
@@ -323,61 +301,27 @@ def build_step_arm(name: str, batch: dict):
     return m.train()
 
 
-def step_fn(m, batch):
-    """One training step closure (forward, loss, backward, SGD): bench_distill's, so both time the same step."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_distill import make_step
-
-    return make_step(m, batch)
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
 def memory_arm(name: str, data: Path, imgsz: int) -> None:
     """(subprocess) Peak resident memory of four steps above the loaded process."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_quant import real_batch
-
     torch.set_num_threads(THREADS)
     batch = real_batch(data, imgsz, 8)
     m = build_step_arm(name, batch)
-    step = step_fn(m, batch)
-    base = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    for _ in range(4):
-        step()
-    print(json.dumps({"peak": _status("VmHWM") - base}))
+    print(json.dumps({"peak": step_peak_memory(make_step(m, batch))[0]}))
 
 
 def bench_step(data: Path, imgsz: int, reps: int) -> str:
     """Interleaved rounds; time ratio = median of per-round ratios to float; peak memory per arm in a subprocess."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_quant import real_batch
-
     from ghost_yolo.distill import native_bf16_cpu
 
     batch = real_batch(data, imgsz, 8)
     torch.set_num_threads(THREADS)  # Ultralytics' dataset set-up may leave it at 1
-    steps = {k: step_fn(build_step_arm(k, batch), batch) for k in STEP_ARMS}
-    for k in STEP_ARMS:
-        steps[k](), steps[k]()
-    ratios = {k: [] for k in STEP_ARMS}
-    qratios = {k: [] for k in STEP_ARMS}
-    times = {k: [] for k in STEP_ARMS}
-    for r in range(reps):
-        t = {k: steps[k]() for k in (STEP_ARMS if r % 2 == 0 else STEP_ARMS[::-1])}
-        for k in STEP_ARMS:
-            times[k].append(t[k])
-            ratios[k].append(t[k] / t["float"])
-            qratios[k].append(t[k] / t["QAT"])
+    steps = {k: make_step(build_step_arm(k, batch), batch) for k in STEP_ARMS}  # the step bench_distill times
+    times = timed_rounds(steps, reps)
+    ratios, qratios = round_ratios(times, "float"), round_ratios(times, "QAT")
     mem = {}
     for k in STEP_ARMS:
         out = subprocess.run([sys.executable, __file__, "--memory-arm", k, "--data", str(data), "--imgsz", str(imgsz)],
@@ -401,9 +345,6 @@ def gradient_ratios(fp: Path, data: Path, width: str = "W4", n_batches: int = 4)
     import torch
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import load_checkpoint
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_quant import real_batch
 
     from ghost_yolo.cfg import ghost_defaults
     from ghost_yolo.distill import KD_LOSSES, Distiller, default_kd_layers, feature_channels
@@ -502,4 +443,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from bench_quant import real_batch
+from common import md_table, real_batch, run_main, write_md
 
 
 def reestimate_bn(net: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> None:
@@ -66,17 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
     init_seeds(0)  # the augmented BN batches, so repeated runs give the same table
     images = real_batch(args.data, args.imgsz, args.calib)["img"]
-    lines = ["| checkpoint | quantized mAP50 / mAP50-95 | float-mode mAP50 / mAP50-95 |", "|---|---|---|"]
+    lines = md_table(["checkpoint", "quantized mAP50 / mAP50-95", "float-mode mAP50 / mAP50-95"])
     for w in args.weights:
         q, f = evaluate(w, "quant", images, args), evaluate(w, "float", images, args)
         lines.append(f"| {w} | {q[0]:.1f} / {q[1]:.1f} | {f[0]:.1f} / {f[1]:.1f} |")
     print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("# Live float self as teacher (benchmarks/bench_teacher.py)\n\n" + "\n".join(lines) + "\n",
-                        encoding="utf-8")
+    write_md(args.out, ["# Live float self as teacher (benchmarks/bench_teacher.py)", "", *lines, ""])
     print(f"(saved to {args.out})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import math
 import os
-import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -43,6 +42,8 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from common import base_parser, run_main, vedai_synth, work_dir
+
 NO_CUDA = 3  # exit status when there is no CUDA device to check (2 is argparse's usage error)
 TIME_BUDGET = 480  # seconds, the whole check on a CUDA machine
 RAW_AGREE = 0.97  # share of raw outputs that must agree (class score within 0.01, box coordinate within 1 px)
@@ -51,7 +52,7 @@ MAP_AGREE = 0.5  # mAP50 points between onnxruntime and PyTorch, at most
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = base_parser(__doc__.split("\n")[0], quick=None)
     p.add_argument("--device", default="auto", help="auto (first CUDA device), a CUDA index such as 0, or cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes (96 px, 16/8 pairs): a smoke run")
     p.add_argument("--dry-run", action="store_true", help="print the plan and check the imports; no training")
@@ -104,16 +105,9 @@ def run_check(name: str, fn: Callable[[], tuple[bool | None, str, dict]], result
 
 def make_data(root: Path, args: argparse.Namespace) -> Path:
     """vedai-synth pairs at the check's image size and their data YAML."""
-    from ultralytics.utils import YAML
-
-    from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
-
     data = root / f"vedai-synth-{args.imgsz}"
     if not (data / "data.yaml").exists():
-        generate_vedai_synth(data, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, seed=0,
-                             workers=max(1, min(args.workers, os.cpu_count() or 1)))
-        YAML.save(data / "data.yaml", {"path": str(data), "train": "images/train", "val": "images/val",
-                                       "pairing": "suffix", "names": VEDAI_NAMES})
+        vedai_synth(data, args.n_train, args.n_val, args.imgsz, workers=max(1, min(args.workers, os.cpu_count() or 1)))
     return data / "data.yaml"
 
 
@@ -279,22 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ghost-yolo gpu_check | ghost-yolo {getattr(ghost_yolo, '__version__', '?')} | torch {torch.__version__} | "
           f"CUDA {torch.version.cuda} | GPUs: {', '.join(gpus) or 'none'} | {os.cpu_count()} CPUs", flush=True)
     if args.dry_run:
-        import cloudpickle  # noqa: F401  (Ultralytics' DDP hand-off of the trainer)
-        import onnxruntime  # noqa: F401
-
-        from ghost_yolo.engine.trainer import GhostTrainer  # noqa: F401
-
+        for name in ("cloudpickle", "onnxruntime", "ghost_yolo.engine.trainer"):  # DDP hand-off, export, trainer
+            importlib.import_module(name)
         print("\n".join(["dry run: imports ok; plan:", *(f"  {line}" for line in plan(args, device or "cuda:?"))]))
         return 0
     if device is None:
         print(f"gpu_check: no CUDA device available (torch {torch.__version__}, CUDA build {torch.version.cuda}): nothing "
               f"was checked. Run it on a CUDA machine, or use --device cpu --quick for the CPU smoke run. Exit {NO_CUDA}.")
         return NO_CUDA
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="ghost-gpu-check-")
-        args.workdir = Path(tmp.name)
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    with work_dir(args.workdir, "ghost-gpu-check-") as args.workdir:
+        return check_all(args, device, cuda)
+
+
+def check_all(args: argparse.Namespace, device: str, cuda: bool) -> int:
+    """The checks in ``args.workdir`` and their summary."""
     print("\n".join(f"  {line}" for line in plan(args, device)), flush=True)
     t0 = time.time()
     results: list[Check] = []
@@ -317,10 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {c.status:<4}  {c.name:<7} {c.seconds:6.0f} s  {c.detail}")
     failed = [c.name for c in results if c.status == "FAIL"]
     print(f"result: {'FAIL (' + ', '.join(failed) + ')' if failed else 'PASS'}")
-    if tmp:
-        tmp.cleanup()
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
