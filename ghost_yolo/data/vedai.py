@@ -315,7 +315,7 @@ def convert_vedai(
             LOGGER.warning(f"malformed VEDAI annotation {p}")
         problems += probs
         dropped.update(drop)
-        kept.update(r[0] for r in rows)
+        kept.update(cls for cls, *_box in rows)
 
         co_dst, ir_dst = save_dir / "images" / co.name, save_dir / "images" / ir.name
         _place(co, co_dst, copy_images)
