@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ghost_yolo.quant.apply import float_mode
+from ghost_yolo.quant.config import quant_enabled
 
 from .registry import KD_LOSSES, KDLoss, PassOutputs, head_outputs
 from .teacher import ExternalTeacher, bn_stats_frozen, capture_features, teacher_autocast
@@ -126,7 +127,7 @@ class Distiller(nn.Module):
     # Passes -------------------------------------------------------------------------------------------------------
     def active(self, model: nn.Module) -> bool:
         """Distil only in the quantized phase (before it the float self would teach itself: nothing to learn)."""
-        return bool(model.yaml.get("quant", {}).get("enabled"))
+        return quant_enabled(model)
 
     def _run(self, net: nn.Module, img: torch.Tensor, full: bool) -> tuple[PassOutputs, Any]:
         """One forward of ``net`` capturing ``layers``: (what the losses read, the raw predictions or None).

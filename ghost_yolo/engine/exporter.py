@@ -1,4 +1,11 @@
-"""GhostExporter: Ultralytics' Exporter, writing integer QDQ ONNX for quantized models.
+"""Export: one dispatch (``export_model``) deciding the route of every format, and ``GhostExporter``, Ultralytics'
+Exporter writing integer QDQ ONNX for quantized models.
+
+``export_model`` is the only place an export is decided: the ghost options are checked, ghost's own formats
+(``GHOST_FORMATS``: ``ghost``, the packed checkpoint) are written by their function, and everything else goes through
+``GhostExporter``. A quantized model exports only to the formats in ``QUANTIZED_FORMATS``; any other format is
+refused with the reason (``refuse_quantized``), since Ultralytics' other exporters trace the fake-quant ops as float
+math or convert from a float graph, and no tested runtime then computes in integers.
 
 Float models export exactly as with Ultralytics. For a quantized model, ``export_onnx`` takes the 8-bit output grids
 of the block convs from training (``out_quant=True``; older models get them fitted on a few images of the model's
@@ -9,7 +16,8 @@ add metadata, then stores the weights as int8 (or INT4) initializers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +32,72 @@ from ghost_yolo.quant.qdq import (
     trained_output_grids,
 )
 from ghost_yolo.utils.hints import ghost_hints
+
+EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
+# formats a quantized model exports to, and what it becomes there
+QUANTIZED_FORMATS = {
+    "onnx": "integer QDQ ONNX (int8 or INT4 weights, QLinearConv in onnxruntime)",
+    "ghost": "packed checkpoint (weights bit-packed at their own widths), loadable with GhostYOLO('model.ghost')",
+}
+
+
+def export_packed(model: torch.nn.Module, path: Path, overrides: dict[str, Any]) -> str:
+    """``format=ghost``: the packed ``.ghost`` checkpoint next to the source checkpoint."""
+    from ghost_yolo.cfg import split_ghost_args
+    from ghost_yolo.quant.packed import save_packed
+
+    return str(save_packed(model, path.with_suffix(".ghost"), names=model.names, args=split_ghost_args(overrides)[0]))
+
+
+# ghost's own formats: name -> writer(model, source checkpoint path, model overrides) -> exported file
+GHOST_FORMATS: dict[str, Callable[[torch.nn.Module, Path, dict[str, Any]], str]] = {"ghost": export_packed}
+
+
+def refuse_quantized(fmt: str) -> None:
+    """Say why a quantized model does not export to ``fmt`` (a format outside ``QUANTIZED_FORMATS``)."""
+    raise ValueError(
+        f"format={fmt} cannot hold a quantized model: Ultralytics' {fmt} export traces the fake-quant ops as float "
+        f"math (or converts from a float graph), so the file would run at float cost with nothing computed in "
+        f"integers. A quantized model exports as {' or '.join(f'format={f}' for f in QUANTIZED_FORMATS)}; toolchains "
+        "that import ONNX with QuantizeLinear/DequantizeLinear (TensorRT, OpenVINO, ...) can build from the QDQ ONNX "
+        "with their own converter. For a float file of this model, export its float self (as_float=True, co-trained "
+        "runs) or the float phase's best_fp.pt")
+
+
+def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict[str, Any], source: Path,
+                 callbacks: dict | None = None) -> str:
+    """Export ``model`` as ``kwargs`` ask (Ultralytics' export keys plus ``EXPORT_KEYS``): the one dispatch point.
+
+    Args:
+        model: The PyTorch model to export (the quantized model, or its float self with ``as_float``).
+        kwargs: The export call's keys (``format``, ``imgsz``, ``int4``, ...).
+        overrides: The model's saved args (``GhostYOLO.overrides``): defaults for export keys, and the data.
+        source: The checkpoint the model came from (ghost's own formats are written next to it).
+        callbacks: Ultralytics callbacks for the exporter.
+    """
+    from ghost_yolo.cfg import ghost_defaults, split_ghost_args
+    from ghost_yolo.data.io import modality_for_channels
+    from ghost_yolo.quant import is_quantized
+
+    stock, ghost = split_ghost_args(kwargs)
+    opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
+    quantized = is_quantized(model)
+    fmt = str(stock.get("format") or "").lower()
+    if not fmt and quantized:  # Ultralytics' default (torchscript) cannot hold a quantized model
+        LOGGER.info(f"{colorstr('ghost:')} quantized model: exporting format=onnx (integer QDQ)")
+        fmt = stock["format"] = "onnx"
+    if opts["int4"] and fmt != "onnx":
+        raise ValueError("int4=True applies to format=onnx only")
+    if quantized and fmt not in QUANTIZED_FORMATS:
+        refuse_quantized(fmt or "torchscript")
+    if fmt in GHOST_FORMATS:
+        return GHOST_FORMATS[fmt](model, source, overrides)
+    custom = {"imgsz": model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
+    args = {**split_ghost_args(overrides)[0], **custom, **stock, "mode": "export"}
+    exporter = GhostExporter(overrides=args, _callbacks=callbacks, int4=opts["int4"], calib=opts["calib"],
+                             calib_data=stock.get("data") or overrides.get("data"),
+                             modality=modality_for_channels(int(model.yaml.get("channels", 3))))
+    return exporter(model=model)
 
 
 class GhostExporter(Exporter):

@@ -17,7 +17,7 @@ from ultralytics.engine.model import Model
 from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import LOGGER, colorstr
 
-from ghost_yolo.cfg import ghost_defaults, resolve_yaml, split_ghost_args
+from ghost_yolo.cfg import resolve_yaml, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels
 from ghost_yolo.nn.model import GhostDetectionModel
 
@@ -30,7 +30,6 @@ from .validator import GhostValidator
 # fp_epochs only applies with the demo's own epochs (with epochs=N it is the default, N // 2).
 DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 12, "fp_epochs": 8, "batch": 16, "warmup_epochs": 1,
              "close_mosaic": 3}
-EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
 
 
 class GhostYOLO(Model):
@@ -146,10 +145,11 @@ class GhostYOLO(Model):
             yield
             return
         from ghost_yolo.quant import average_bits, is_quantized, to_float_self
+        from ghost_yolo.quant.config import quant_enabled
 
         name = self.ckpt_path or self.model_name
         if not as_float:
-            if is_quantized(self.model) and self.model.yaml.get("quant", {}).get("enabled") and not quiet:
+            if is_quantized(self.model) and quant_enabled(self.model) and not quiet:
                 LOGGER.info(f"{colorstr('ghost:')} {verb} the quantized model {name} ({average_bits(self.model):.2f} "
                             "average weight bits; as_float=True for its float self)")
             yield
@@ -244,34 +244,13 @@ class GhostYOLO(Model):
         """Export like ``YOLO.export``; quantized models give integer ONNX (``int4``, ``calib``) or ``format=ghost``.
 
         ``format=ghost`` writes the packed checkpoint (weights bit-packed at their own widths), loadable with
-        ``GhostYOLO('model.ghost')``.
+        ``GhostYOLO('model.ghost')``. Other formats of a quantized model are refused with the reason; every route is
+        decided in ``engine.exporter.export_model``.
         """
+        from .exporter import export_model
+
         self._check_is_pytorch_model()
         as_float = kwargs.pop("as_float", False)
         with self._which_model(as_float, "exporting"):
-            return self._export(**kwargs)
-
-    def _export(self, **kwargs: Any) -> str:
-        """``export`` on the model chosen by ``as_float``."""
-        from .exporter import GhostExporter
-
-        stock, ghost = split_ghost_args(kwargs)
-        opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
-        if str(stock.get("format", "")).lower() == "ghost":
-            from ghost_yolo.quant.packed import save_packed
-
-            return str(save_packed(self.model, self._export_path(".ghost"), names=self.model.names,
-                                   args=split_ghost_args(self.overrides)[0]))
-        if opts["int4"] and str(stock.get("format", "torchscript")).lower() != "onnx":
-            raise ValueError("int4=True applies to format=onnx only")
-        custom = {"imgsz": self.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
-        args = {**split_ghost_args(self.overrides)[0], **custom, **stock, "mode": "export"}
-        exporter = GhostExporter(overrides=args, _callbacks=self.callbacks, int4=opts["int4"], calib=opts["calib"],
-                                 calib_data=stock.get("data") or self.overrides.get("data"),
-                                 modality=modality_for_channels(self.channels or 3))
-        return exporter(model=self.model)
-
-    def _export_path(self, suffix: str) -> Path:
-        """Where an export lands: next to the checkpoint, like Ultralytics' exports."""
-        src = Path(self.ckpt_path or self.model_name or "model.pt")
-        return src.with_suffix(suffix)
+            source = Path(getattr(self.model, "pt_path", None) or self.ckpt_path or self.model_name or "model.pt")
+            return export_model(self.model, kwargs, self.overrides, source, callbacks=self.callbacks)

@@ -21,7 +21,6 @@ from ghost_yolo.cfg import resolve_yaml
 
 from .fusion import DualStreamStem
 from .pretrained import seed_first_layer
-from .qconv import QConv2d
 
 # Blocks a YAML may name that Ultralytics does not know: name -> (class, stand-in used while parsing).
 GHOST_MODULES: dict[str, type[nn.Module]] = {"DualStreamStem": DualStreamStem}
@@ -93,16 +92,12 @@ class GhostDetectionModel(DetectionModel):
         for k in ("channels", "nc"):
             yaml[k] = parse_yaml[k]
         self.yaml = yaml  # the real YAML (not the stand-in one): checkpoints and resume rebuild from it
-        if quant := yaml.get("quant"):  # a quantized model rebuilds its quantized convs, widths and switches
-            from ghost_yolo.quant.apply import quantize_model
+        from ghost_yolo.quant.config import QuantConfig
 
-            quantize_model(self, bits=quant.get("bits") or 8, quantizer=quant.get("quantizer", "lsq"),
-                           keep_first=quant.get("keep_first", True), keep_head=quant.get("keep_head", True),
-                           enabled=quant.get("enabled", True), out_quant=bool(quant.get("out_bits")))
-            if quant.get("float_bn"):  # a co-trained float self: its own BatchNorm set
-                from ghost_yolo.quant.apply import add_float_self
+        if config := QuantConfig.from_yaml(yaml):  # a quantized model rebuilds its quantized convs, widths, switches
+            from ghost_yolo.quant.apply import prepare
 
-                add_float_self(self)
+            prepare(self, config)
 
     def load(self, weights: dict | nn.Module, verbose: bool = True) -> None:
         """Ultralytics' transfer of matching tensors, then the first layer seeded across input bands: RGB weights into
@@ -128,16 +123,11 @@ class GhostDetectionModel(DetectionModel):
         A fused model is an inference model: the distiller (OST gate projections, training only) and the float self's
         BatchNorm set are dropped (``GhostYOLO(..., as_float=True)`` turns the model into its float self first).
         """
-        from ghost_yolo.quant.apply import drop_float_bn
+        from ghost_yolo.quant.apply import convert
 
         if hasattr(self, "distiller"):
             del self.distiller
-        drop_float_bn(self, keep="quantized")
-        for m in self.modules():
-            if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, QConv2d):
-                m.conv.fold_bn(m.bn)
-                delattr(m, "bn")
-                m.forward = m.forward_fuse
+        convert(self)
         return super().fuse(verbose=verbose, imgsz=imgsz)
 
     @property

@@ -5,7 +5,9 @@ output channel and symmetrically; activations per tensor. The state that matters
 and buffers (saved with checkpoints, averaged by EMA); the switches are plain Python attributes that callers set
 (`enabled` for the float-teacher pass, `bits` from the bit search). ``bits == 32`` means float (pass-through).
 
-Registry: ``QUANTIZERS[name] = (weight quantizer class, activation quantizer class)``, chosen with ``quantizer=``.
+Registry: ``QUANTIZERS[name] = (weight quantizer class, activation quantizer class)``, chosen with ``quantizer=``. A new
+quantizer is a ``WeightQuantizer`` and an ``ActQuantizer`` subclass in one module, added with
+``register_quantizer(name, weight_cls, act_cls)``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ("FLOAT_BITS", "QUANTIZERS", "ActQuantizer", "DoReFaAct", "DoReFaWeight", "LSQAct", "LSQWeight", "WeightQuantizer",
-           "check_bits", "round_ste")
+           "check_bits", "register_quantizer", "round_ste")
 
 FLOAT_BITS = 32
 VALID_BITS = (*range(2, 9), FLOAT_BITS)
@@ -146,7 +148,12 @@ class WeightQuantizer(FakeQuantizer):
 
 
 class ActQuantizer(FakeQuantizer):
-    """An activation quantizer on an unsigned grid ``step * (code - zero_point)``, ``code`` in ``0..levels``."""
+    """An activation quantizer on an unsigned grid ``step * (code - zero_point)``, ``code`` in ``0..levels``.
+
+    ``needs_relu``: the grid is fixed to [0, 1], so only ReLU-fed layers fit it (``prepare`` checks the model).
+    """
+
+    needs_relu: bool = False
 
     def qparams(self) -> tuple[float, int, int]:
         """``(step, zero point, highest code)`` as frozen Python numbers (for export)."""
@@ -317,6 +324,8 @@ class DoReFaWeight(WeightQuantizer):
 class DoReFaAct(ActQuantizer):
     """DoReFa activations (the GHOST reference): ``round_b(clamp(x, 0, 1))``; assumes ReLU-fed inputs."""
 
+    needs_relu = True
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp to [0, 1] and round on ``2^b - 1`` steps."""
         n = 2**self.bits - 1
@@ -332,3 +341,12 @@ QUANTIZERS: dict[str, tuple[type[WeightQuantizer], type[ActQuantizer]]] = {
     "lsq": (LSQWeight, LSQAct),
     "dorefa": (DoReFaWeight, DoReFaAct),
 }
+
+
+def register_quantizer(name: str, weight: type[WeightQuantizer], act: type[ActQuantizer]) -> None:
+    """Make a weight/activation quantizer pair available to ``quantizer=name`` (and to checkpoints that name it)."""
+    if not name or QUANTIZERS.get(name, (weight, act)) != (weight, act):
+        raise ValueError(f"quantizer name {name!r} is empty or taken")
+    if not (issubclass(weight, WeightQuantizer) and issubclass(act, ActQuantizer)):
+        raise TypeError(f"quantizer {name!r}: a WeightQuantizer and an ActQuantizer subclass are needed")
+    QUANTIZERS[name] = (weight, act)

@@ -1,4 +1,5 @@
-"""Hybrid quantization: fake quantizers, model conversion, the HQ bit search, and size/BOPs accounting."""
+"""Hybrid quantization: the config (``QuantConfig``) and its verbs (``prepare``, ``convert``), fake quantizers, the HQ
+bit search, and size/BOPs accounting."""
 
 from ghost_yolo.nn.quantizers import (
     FLOAT_BITS,
@@ -9,6 +10,7 @@ from ghost_yolo.nn.quantizers import (
     LSQAct,
     LSQWeight,
     check_bits,
+    register_quantizer,
 )
 
 from .accounting import cost_totals, format_costs, layer_costs
@@ -18,12 +20,14 @@ from .apply import (
     average_bits,
     calibrate,
     conv_layers,
+    convert,
     drop_float_bn,
     float_mode,
     get_bits,
     is_quantized,
     output_quantizers,
     policy_layers,
+    prepare,
     quant_layers,
     quantize_model,
     set_bits,
@@ -31,6 +35,7 @@ from .apply import (
     to_float_self,
     uniform_bits,
 )
+from .config import QuantConfig, quant_enabled, update_quant_config
 from .search import (
     bits_table,
     check_search_args,
@@ -44,6 +49,12 @@ from .search import (
 
 __all__ = (
     "FLOAT_BITS",
+    "QuantConfig",
+    "convert",
+    "prepare",
+    "quant_enabled",
+    "register_quantizer",
+    "update_quant_config",
     "KEEP_BITS",
     "add_float_self",
     "QUANTIZERS",

@@ -1,15 +1,21 @@
-"""Turn a detection model into a mixed-precision one, and talk to its quantized layers.
+"""Turn a detection model into a mixed-precision one and back into an inference model, and talk to its quantized layers.
 
-``quantize_model(model, bits=4)`` swaps every ``nn.Conv2d`` for a ``QConv2d`` in place (same parameter tensors and
-names), applies the layer policy (first conv and head prediction convs at 8 bit unless told otherwise) and records the
-configuration in ``model.yaml['quant']``, so checkpoints, resume and DDP workers rebuild the same quantized model.
+Two verbs, in the torchao manner:
+
+- ``prepare(model, QuantConfig(...))`` swaps every ``nn.Conv2d`` for a ``QConv2d`` in place (same parameter tensors and
+  names), sets the widths (a bit map as written, or one width with the layer policy: first conv and head prediction
+  convs at 8 bit), adds the output grids and the float self's BatchNorm set the config asks for, and records the config
+  on the model (``quant.config``), so checkpoints, resume and DDP workers rebuild the same quantized model.
+  ``quantize_model(model, bits=4)`` is its keyword form.
+- ``convert(model)`` freezes a quantized model for inference and export: the float self's BatchNorm set is dropped and
+  each BatchNorm is folded into its quantized conv on the conv's integer grid (``QConv2d.fold_bn``). Ghost models call
+  it from ``fuse()``; the exporter then swaps the folded convs for their Q/DQ form (``quant.qdq.to_qdq``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +23,14 @@ from ultralytics.nn.modules import DFL, Conv, Detect
 
 from ghost_yolo.nn.qconv import OUT_BITS, QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import FLOAT_BITS, QUANTIZERS, check_bits
-from ghost_yolo.nn.switch_bn import SwitchableBatchNorm2d, add_float_bn, float_bn_layers, has_float_bn
+from ghost_yolo.nn.switch_bn import (
+    SwitchableBatchNorm2d,
+    add_float_bn,
+    float_bn_layers,
+    has_float_bn,
+)
+
+from .config import QuantConfig, update_quant_config
 
 __all__ = (
     "KEEP_BITS",
@@ -25,12 +38,14 @@ __all__ = (
     "average_bits",
     "calibrate",
     "conv_layers",
+    "convert",
     "drop_float_bn",
     "float_mode",
     "get_bits",
     "is_quantized",
     "output_quantizers",
     "policy_layers",
+    "prepare",
     "quant_layers",
     "quantize_model",
     "set_bits",
@@ -76,31 +91,18 @@ def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
         first = [next(iter(names.values()))]
     head = []
     for m in model.modules():
-        if isinstance(m, Detect):
-            for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
-                for branch in getattr(m, attr, None) or []:
+        if isinstance(m, Detect):  # its one-to-many branches, and the one-to-one ones of end-to-end heads
+            heads = [m.one2many] + ([m.one2one] if getattr(m, "one2one_cv2", None) is not None else [])
+            for branches in (b for h in heads for b in h.values() if b is not None):
+                for branch in branches:
                     last = [c for c in branch.modules() if id(c) in names][-1:]
                     head += [names[id(c)] for c in last]
     return first, head
 
 
-def _quant_section(model: nn.Module) -> dict[str, Any] | None:
-    yaml = getattr(_modules(model), "yaml", None)
-    return yaml.get("quant") if isinstance(yaml, dict) else None
-
-
-def _record(model: nn.Module, **kw: Any) -> None:
-    """Keep the quantization config in ``model.yaml['quant']`` (the part of a model that survives every rebuild)."""
-    model = _modules(model)
-    if isinstance(getattr(model, "yaml", None), dict):
-        section = model.yaml.setdefault("quant", {})
-        section.update(kw)
-        section["bits"] = get_bits(model)
-
-
 def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: str = "lsq", keep_first: bool = True,
                    keep_head: bool = True, enabled: bool = True, out_quant: bool = False) -> nn.Module:
-    """Swap in quantized convs (in place) and set their widths; returns the model.
+    """``prepare`` with the config as keywords; returns the model.
 
     Args:
         model: An Ultralytics/ghost detection model (or any module with convs).
@@ -112,10 +114,24 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: 
         enabled: Start with the quantizers on (off: float until ``set_quant_enabled(model, True)``).
         out_quant: Also quantize every conv block's output to 8 bit (``QuantAct``), as integer ONNX runs it.
     """
+    old = QuantConfig.of(model)
+    config = QuantConfig(quantizer=quantizer, bits=bits, keep_first=bool(keep_first), keep_head=bool(keep_head),
+                         enabled=bool(enabled), out_bits=OUT_BITS if out_quant else None,
+                         float_bn=bool(old and old.float_bn), extra=old.extra if old else {})
+    return prepare(model, config)
+
+
+def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Make ``model`` the quantized model ``config`` describes (in place) and record the config on it; returns it.
+
+    Layers already quantized keep their quantizer state (a rebuild from a checkpoint's YAML loads it afterwards);
+    a layer quantized with another quantizer is refused.
+    """
+    quantizer, bits = config.quantizer, config.bits
     if quantizer not in QUANTIZERS:
         raise ValueError(f"unknown quantizer '{quantizer}': use one of {', '.join(QUANTIZERS)}")
-    if quantizer == "dorefa":
-        check_relu(model)
+    if QUANTIZERS[quantizer][1].needs_relu:
+        check_relu(model, quantizer)
     root = _modules(model)
     for name, conv in conv_layers(root).items():
         if isinstance(conv, QConv2d):
@@ -128,14 +144,32 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: 
     if isinstance(bits, dict):
         set_bits(root, {**dict.fromkeys(quant_layers(root), KEEP_BITS), **bits})
     else:
-        set_bits(root, uniform_bits(root, bits, keep_first, keep_head))
-    if out_quant:
+        set_bits(root, uniform_bits(root, bits, config.keep_first, config.keep_head))
+    if config.out_bits:
         for block in root.modules():
             if isinstance(block, Conv) and isinstance(block.conv, QConv2d) and not isinstance(block.act, QuantAct):
-                block.act = QuantAct(block.act, block.conv)
-    set_quant_enabled(root, enabled)
-    _record(root, quantizer=quantizer, keep_first=bool(keep_first), keep_head=bool(keep_head), enabled=bool(enabled),
-            **({"out_bits": OUT_BITS} if out_quant else {}))
+                block.act = QuantAct(block.act, block.conv, bits=config.out_bits)
+    set_quant_enabled(root, config.enabled)
+    if config.float_bn:
+        add_float_bn(root)
+    config.replace(bits=get_bits(root)).write(root)
+    return model
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Freeze a quantized model for inference/export (in place); returns it.
+
+    The float self's BatchNorm set is dropped (inference runs the quantized model), and every BatchNorm that follows a
+    quantized conv is folded into it after the weight is quantized, so the folded weight stays on the conv's integer
+    grid and the converted model computes what the unconverted one did. Float convs are left for Ultralytics' fuse.
+    """
+    root = _modules(model)
+    drop_float_bn(root, keep="quantized")
+    for m in root.modules():
+        if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, QConv2d):
+            m.conv.fold_bn(m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
     return model
 
 
@@ -152,12 +186,12 @@ def uniform_bits(model: nn.Module, bits: int, keep_first: bool = True, keep_head
     return {n: max(bits, KEEP_BITS) if n in kept else bits for n in quant_layers(model)}
 
 
-def check_relu(model: nn.Module) -> None:
+def check_relu(model: nn.Module, quantizer: str = "dorefa") -> None:
     """DoReFa clamps activations to [0, 1]: refuse models whose convs use another activation (such as SiLU)."""
     acts = {type(m.act).__name__ for m in _modules(model).modules() if isinstance(getattr(m, "act", None), nn.Module)
             and not isinstance(m.act, (nn.Identity, nn.ReLU))}
     if acts:
-        raise ValueError(f"quantizer=dorefa clamps activations to [0, 1] and needs a ReLU model, but this model uses "
+        raise ValueError(f"quantizer={quantizer} clamps activations to [0, 1] and needs a ReLU model, but this model uses "
                          f"{', '.join(sorted(acts))}: set 'act: ReLU' in the model YAML (and train it), or use "
                          "quantizer=lsq")
 
@@ -178,16 +212,14 @@ def set_bits(model: nn.Module, bits: dict[str, int]) -> None:
                          "('ghost info model=...' lists them all)")
     for n, b in bits.items():
         layers[n].bits = check_bits(b, f"bits[{n}]")
-    if _quant_section(model) is not None:
-        _modules(model).yaml["quant"]["bits"] = get_bits(model)
+    update_quant_config(_modules(model), bits=get_bits(model))
 
 
 def set_quant_enabled(model: nn.Module, on: bool) -> None:
     """Switch every quantizer on or off, without copying the model (off: the same weights compute in float)."""
     for m in quant_layers(model).values():
         m.quant_enabled = on
-    if (section := _quant_section(model)) is not None:
-        section["enabled"] = bool(on)
+    update_quant_config(_modules(model), enabled=bool(on))
 
 
 @contextmanager
@@ -235,18 +267,16 @@ def drop_float_bn(model: nn.Module, keep: str = "quantized") -> int:
                 bn.train(child.training)
                 setattr(m, attr, bn)
                 n += 1
-    if (section := _quant_section(root)) is not None:
-        section.pop("float_bn", None)
+    update_quant_config(root, float_bn=False)
     return n
 
 
 def add_float_self(model: nn.Module) -> int:
-    """Give the model a float self's BatchNorm set (in place, recorded in ``model.yaml['quant']`` so every rebuild has
+    """Give the model a float self's BatchNorm set (in place, recorded in its quantization config so every rebuild has
     it); both sets start equal. Returns how many BatchNorms were switched."""
     root = _modules(model)
     n = add_float_bn(root)
-    if (section := _quant_section(root)) is not None:
-        section["float_bn"] = True
+    update_quant_config(root, float_bn=True)
     return n
 
 

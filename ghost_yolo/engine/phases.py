@@ -1,0 +1,165 @@
+"""The quantized phase of a ghost run: when it starts, what starting it does, and the per-step state it drives.
+
+A ghost run trains in float for ``fp_epochs`` epochs (or none), then quantizes: the HQ search (or the given widths),
+quantizers on and calibrated on a batch, EMA and best fitness restarted, the frozen float self saved as the teacher.
+During the quantized phase the distiller's weight schedule advances each batch, and the SCM gates are logged each
+epoch. These are Ultralytics callbacks, all registered in ``PHASE_CALLBACKS``; ``GhostTrainer.run_callbacks`` runs them
+before the user's for the same event (the trainer's class carries them, so DDP workers run them too).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from copy import deepcopy
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+from ghost_yolo.distill import ExternalTeacher
+from ghost_yolo.nn.switch_bn import sync_float_bn
+from ghost_yolo.quant import (
+    average_bits,
+    bits_table,
+    calibrate,
+    hq_plan,
+    output_quantizers,
+    plot_bits,
+    quant_layers,
+    save_bit_map,
+    set_bits,
+    set_quant_enabled,
+)
+from ghost_yolo.quant.config import quant_enabled
+
+__all__ = ("PHASE_CALLBACKS", "advance_kd_schedule", "freeze_float_self", "log_gates", "start_quantized_phase")
+
+
+def _due(trainer: Any, event: str) -> bool:
+    """The quantized phase starts at set-up (no float phase, not resuming) or as epoch ``fp_epochs`` begins."""
+    fp_epochs = int(trainer.args.fp_epochs or 0)
+    if event == "on_pretrain_routine_end":
+        return not trainer.args.resume and not fp_epochs
+    return bool(fp_epochs) and trainer.epoch == fp_epochs
+
+
+def start_quantized_phase(trainer: Any) -> None:
+    """Choose the widths (HQ search or as given), switch quantizers on, calibrate them on a batch, restart EMA."""
+    model = unwrap_model(trainer.model)
+    layers = quant_layers(model)
+    if not layers or quant_enabled(model):
+        return
+    trainer.epoch = epoch = getattr(trainer, "epoch", trainer.start_epoch)
+    if epoch > 0 and trainer.ema:  # continue from the averaged float weights that validation measured
+        model.load_state_dict(trainer.ema.ema.state_dict(), strict=False)
+        trainer.float_metrics = {k: v for k, v in trainer.metrics.items() if k.startswith("metrics/")}
+        if RANK in {-1, 0} and trainer.best.exists():
+            shutil.copy(trainer.best, trainer.wdir / "best_fp.pt")
+    elif trainer.trained_weights and RANK in {-1, 0} and trainer.args.val:
+        # the float model we start from, for the float-vs-quantized summary (standalone: no training step yet)
+        validator = trainer.get_validator()
+        validator.args.plots = False
+        metrics = validator(model=deepcopy(model).float())
+        trainer.float_metrics = {k: v for k, v in (metrics or {}).items() if k.startswith("metrics/")}
+    args = trainer.args
+    if trainer.quant_spec == "hq":
+        if not trainer.trained_weights and epoch == 0:
+            LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
+                           "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
+        bits, distortions = hq_plan(model, args.hq_threshold, args.bit_min, args.bit_max, args.keep_first,
+                                    args.keep_head, progress=RANK in {-1, 0})
+        set_bits(model, bits)
+    else:
+        distortions = None
+    bits = {n: m.bits for n, m in layers.items()}
+    sync_float_bn(model)  # a co-trained float self starts from the float model's BatchNorm
+    freeze_float_self(trainer, model)
+    set_quant_enabled(model, True)
+    batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    calibrate(model, batch["img"])
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():  # ranks calibrated on their own batch
+        outs = [m.quant for m in output_quantizers(model).values()]
+        for q in [*(q for m in layers.values() for q in (m.weight_quant, m.input_quant)), *outs]:
+            for t in (*q.parameters(), *q.buffers()):
+                if t.is_floating_point():
+                    dist.broadcast(t.data, src=0)
+    trainer.ema = ModelEMA(trainer.model)
+    trainer.best_fitness = None
+    trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
+    if RANK in {-1, 0}:
+        LOGGER.info(f"{colorstr('ghost:')} quantized phase from epoch {epoch + 1} ({args.quantizer}, "
+                    f"average weight bits {average_bits(model):.2f}):\n"
+                    + bits_table(model, bits, distortions, args.hq_threshold))
+        save_bit_map(bits, trainer.save_dir / "bits.yaml", quantizer=args.quantizer, source=args.bits,
+                     hq_threshold=args.hq_threshold)
+        if args.plots:
+            plot_bits(bits, trainer.save_dir / "bits.png", title=f"bits per layer ({args.bits})")
+
+
+def freeze_float_self(trainer: Any, model: torch.nn.Module) -> None:
+    """``float_self=frozen``: the float model as the quantized phase starts becomes the frozen teacher; it is saved
+    as ``weights/float_teacher.pt`` so that ``resume=True`` teaches with the same model."""
+    distiller = getattr(model, "distiller", None)
+    if distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+        return
+    snapshot = deepcopy(model)
+    del snapshot.distiller
+    set_quant_enabled(snapshot, False)
+    path = trainer.wdir / "float_teacher.pt"
+    if RANK in {-1, 0}:
+        trainer.wdir.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": deepcopy(snapshot).half(), "train_args": {}, "epoch": -1}, path)
+    distiller.teacher = ExternalTeacher(snapshot, str(path))
+
+
+def advance_kd_schedule(trainer: Any, event: str) -> None:
+    """Tell the distiller how far into the quantized phase this batch is (its weight schedule reads it)."""
+    distiller = getattr(unwrap_model(trainer.model), "distiller", None)
+    if distiller is None:
+        return
+    if event == "on_train_epoch_start":
+        trainer._kd_batch = 0
+        return
+    fp_epochs, nb = int(trainer.args.fp_epochs or 0), max(len(trainer.train_loader), 1)
+    q_epochs = max(trainer.epochs - fp_epochs, 1)
+    distiller.progress = (trainer.epoch - fp_epochs + getattr(trainer, "_kd_batch", 0) / nb) / q_epochs
+    trainer._kd_batch = getattr(trainer, "_kd_batch", 0) + 1
+
+
+def log_gates(trainer: Any) -> None:
+    """Log the SCM gates' open fraction per distilled layer for this epoch and append it to ``gates.csv``."""
+    distiller = getattr(unwrap_model(trainer.model), "distiller", None)
+    fractions = distiller.epoch_stats().get("ost") if distiller is not None else None
+    if fractions is None or RANK not in {-1, 0}:
+        return
+    csv = trainer.save_dir / "gates.csv"
+    if not csv.exists():
+        csv.write_text("epoch," + ",".join(f"layer{i}" for i in fractions) + "\n")
+    with csv.open("a") as f:
+        f.write(f"{trainer.epoch + 1}," + ",".join(f"{v:.4f}" for v in fractions.values()) + "\n")
+    LOGGER.info(f"{colorstr('ghost:')} OST gate open fraction by layer: "
+                + " ".join(f"{i}:{v:.2f}" for i, v in fractions.items()))
+
+
+def _start_if_due(event: str) -> Callable[[Any], None]:
+    def callback(trainer: Any) -> None:
+        if _due(trainer, event):
+            trainer.start_quantized_phase()
+
+    return callback
+
+
+def _schedule(event: str) -> Callable[[Any], None]:
+    return lambda trainer: advance_kd_schedule(trainer, event)
+
+
+# event -> ghost's callbacks for it, in order; they run before the user's callbacks for the same event
+PHASE_CALLBACKS: dict[str, list[Callable[[Any], None]]] = {
+    "on_pretrain_routine_end": [_start_if_due("on_pretrain_routine_end")],
+    "on_train_epoch_start": [_start_if_due("on_train_epoch_start"), _schedule("on_train_epoch_start")],
+    "on_train_batch_start": [_schedule("on_train_batch_start")],
+    "on_train_epoch_end": [log_gates],
+}

@@ -1,0 +1,161 @@
+"""The quantization seam: ``QuantConfig`` (the one reader/writer of ``model.yaml['quant']``), ``prepare`` / ``convert``,
+the quantizer registry, the Detect-head policy, the export dispatch and the trainer's phase callbacks."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import pytest
+import torch
+from conftest import IMGSZ
+
+from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.nn.switch_bn import float_bn_layers
+from ghost_yolo.quant import (
+    QUANTIZERS,
+    QuantConfig,
+    calibrate,
+    convert,
+    get_bits,
+    output_quantizers,
+    policy_layers,
+    prepare,
+    quant_enabled,
+    quant_layers,
+    quantize_model,
+    register_quantizer,
+    set_quant_enabled,
+)
+
+
+def _model(ch: int = 4) -> GhostDetectionModel:
+    torch.manual_seed(0)
+    return GhostDetectionModel("ghost-n.yaml", ch=ch, nc=2, verbose=False)
+
+
+def test_config_round_trip_and_rebuild():
+    """prepare records exactly its config; a model rebuilt from the YAML has the same layers, widths and switches."""
+    m = _model()
+    names = list(quant_layers(quantize_model(deepcopy(m), bits=8)))
+    bits = {n: 4 if i % 2 else 6 for i, n in enumerate(names)}
+    cfg = QuantConfig(quantizer="lsq", bits=bits, enabled=False, out_bits=8, float_bn=True, extra={"note": "kept"})
+    prepare(m, cfg)
+    rec = QuantConfig.of(m)
+    assert rec == cfg.replace(bits=get_bits(m)) and rec.bits == bits
+    assert m.yaml["quant"] == rec.to_dict() and m.yaml["quant"]["note"] == "kept"
+    assert QuantConfig.from_dict(rec.to_dict()) == rec
+    assert not quant_enabled(m) and float_bn_layers(m) and output_quantizers(m)
+
+    r = GhostDetectionModel(deepcopy(m.yaml), ch=4, nc=2, verbose=False)
+    assert get_bits(r) == bits and QuantConfig.of(r) == rec
+    assert len(float_bn_layers(r)) == len(float_bn_layers(m)) and set(output_quantizers(r)) == set(output_quantizers(m))
+    assert r.state_dict().keys() == m.state_dict().keys()
+    set_quant_enabled(r, True)
+    assert quant_enabled(r) and r.yaml["quant"]["enabled"] is True
+
+
+def test_float_config_and_optional_keys():
+    """A float model records nothing; optional parts stay out of the YAML unless set (older checkpoints read alike)."""
+    m = _model()
+    assert QuantConfig.of(m) is None and not quant_enabled(m)
+    quantize_model(m, bits=4)
+    assert set(m.yaml["quant"]) == {"quantizer", "bits", "keep_first", "keep_head", "enabled"}
+    assert QuantConfig.from_dict({"quantizer": "lsq", "bits": {}}).bits == 8  # an empty map means 8 bit
+
+
+def test_policy_reads_detect_branches():
+    """The head's kept convs are the last conv of each Detect box/class branch, found through the module itself."""
+    m = quantize_model(_model(), bits=4)
+    first, head = policy_layers(m)
+    detect = m.model[-1]
+    n_branches = len(detect.cv2) + len(detect.cv3)
+    assert len(head) == n_branches and all(n.startswith(f"model.{len(m.model) - 1}.cv") for n in head)
+    assert first and all(n.startswith("model.0.") for n in first)
+    bits = get_bits(m)
+    assert {bits[n] for n in first + head} == {8} and 4 in bits.values()
+
+
+def test_convert_equals_unconverted():
+    """convert folds BatchNorm into the quantized convs and drops the float BN set; outputs stay the same."""
+    m = quantize_model(_model(), bits=4)
+    prepare(m, QuantConfig.of(m).replace(float_bn=True))
+    x = torch.rand(2, 4, IMGSZ, IMGSZ)
+    calibrate(m, x)
+    m.eval()
+    with torch.no_grad():
+        before = m(x)[0]
+        c = convert(deepcopy(m))
+        after = c(x)[0]
+    assert not float_bn_layers(c) and not QuantConfig.of(c).float_bn
+    assert all(not hasattr(b, "bn") for b in c.modules() if hasattr(b, "conv") and b.conv in quant_layers(c).values())
+    assert torch.allclose(before, after, rtol=1e-3, atol=1e-3)
+
+
+def test_register_quantizer():
+    """A new quantizer pair is usable by name after registering; a taken name or a wrong class is refused."""
+    from ghost_yolo.nn.quantizers import LSQAct, LSQWeight
+
+    class HalfRangeAct(LSQAct):
+        pass
+
+    try:
+        register_quantizer("lsq-test", LSQWeight, HalfRangeAct)
+        m = quantize_model(_model(), bits=4, quantizer="lsq-test")
+        assert {q.quantizer for q in quant_layers(m).values()} == {"lsq-test"}
+        assert all(isinstance(q.input_quant, HalfRangeAct) for q in quant_layers(m).values())
+        with pytest.raises(ValueError, match="taken"):
+            register_quantizer("lsq", LSQWeight, HalfRangeAct)
+        with pytest.raises(TypeError, match="subclass"):
+            register_quantizer("bad", LSQAct, LSQAct)
+    finally:
+        QUANTIZERS.pop("lsq-test", None)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "openvino", "coreml", "engine"])
+def test_quantized_export_refuses_other_formats(fmt, tmp_path):
+    """A quantized model asked for a format that cannot hold it is refused with the reason and the formats that can."""
+    from ghost_yolo.engine.exporter import export_model
+
+    m = quantize_model(_model(), bits=4)
+    m.args = {"imgsz": IMGSZ}
+    with pytest.raises(ValueError, match=rf"format={fmt} cannot hold a quantized model.*format=onnx or format=ghost"):
+        export_model(m, {"format": fmt}, {}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match="int4=True applies to format=onnx only"):
+        export_model(m, {"format": "ghost", "int4": True}, {}, tmp_path / "best.pt")
+
+
+def test_quantized_export_defaults_to_onnx(tmp_path, monkeypatch):
+    """No format: a quantized model goes to the integer ONNX route (Ultralytics' torchscript default cannot hold it)."""
+    from ghost_yolo.engine import exporter
+
+    monkeypatch.setattr(exporter.GhostExporter, "__call__", lambda self, model: f"{self.args.format}:{self.int4}")
+    m = quantize_model(_model(), bits=4)
+    m.args = {"imgsz": IMGSZ}
+    assert exporter.export_model(m, {}, {}, tmp_path / "best.pt") == "onnx:False"
+    assert exporter.export_model(m, {"int4": True}, {}, tmp_path / "best.pt") == "onnx:True"
+    f = _model()
+    f.args = {"imgsz": IMGSZ}
+    assert exporter.export_model(f, {}, {}, tmp_path / "best.pt") == "torchscript:False"  # float: Ultralytics' default
+
+
+def test_phase_callbacks_run_first_once(tmp_path):
+    """Ghost's phase callbacks run before the user's, once per event, and are not added to the shared callback dict."""
+    from ultralytics.utils import callbacks
+
+    from ghost_yolo.engine import phases
+    from ghost_yolo.engine.trainer import GhostTrainer
+
+    order = []
+    shared = callbacks.get_default_callbacks()
+    shared["on_train_epoch_end"].append(lambda t: order.append("user"))
+    t = GhostTrainer.__new__(GhostTrainer)
+    t.callbacks = shared
+    saved = phases.PHASE_CALLBACKS["on_train_epoch_end"]
+    phases.PHASE_CALLBACKS["on_train_epoch_end"] = [lambda t: order.append("ghost")]
+    try:
+        t.run_callbacks("on_train_epoch_end")
+        t.run_callbacks("on_train_epoch_end")
+    finally:
+        phases.PHASE_CALLBACKS["on_train_epoch_end"] = saved
+    assert order == ["ghost", "user", "ghost", "user"]
+    assert len(shared["on_train_epoch_end"]) == len(callbacks.get_default_callbacks()["on_train_epoch_end"]) + 1
