@@ -181,3 +181,21 @@ def test_float_fraction_on_folders_root(tmp_path):
     ds = build_dataset(make_cfg(fraction=0.5), data["train"], 2, data, "train")
     assert len(ds) == 2
 
+
+
+def test_disk_cache_follows_a_replaced_ir_image(tmp_path):
+    """A .npy pair cache older than its IR half is rewritten, in every cache mode: the new IR pixels are read."""
+    import os
+
+    root = make_suffix_set(tmp_path / "d", n=2)
+    yaml_path = write_yaml(root)
+    ds = build(yaml_path, cache="disk")
+    npy = ds.npy_files[0]
+    assert npy.exists() and np.load(npy).shape[-1] == 4
+    ir = ds.pairing.partner(ds.im_files[0])
+    write(ir, np.zeros((H, W), np.uint8))  # a replaced IR image, newer than the cache
+    t = npy.stat().st_mtime + 5
+    os.utime(ir, (t, t))
+    for cache in (False, "disk"):
+        im = build(yaml_path, cache=cache).load_image(0)[0]
+        assert im[..., 3].max() == 0, cache  # the replaced (black) IR band, not the cached one

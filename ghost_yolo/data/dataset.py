@@ -268,15 +268,29 @@ class PairedDataset(YOLODataset):
         ``ultralytics.data.base``. That name is wrapped once (``_imread``) to read the pair of the file asked for while
         a paired dataset is loading on the calling thread, and to be Ultralytics' own ``imread`` otherwise. The .npy
         cache (named after the colour image) follows Ultralytics' rules: reused when present and not older than the
-        colour image, rewritten when its channel count is not this modality's.
+        colour image, rewritten when its channel count is not this modality's; a cache older than the IR half is
+        dropped first (``drop_stale_cache``).
         """
+        if self.ims[i] is None:
+            self.drop_stale_cache(i)
         with self.reading_pairs():
             return super().load_image(i, rect_mode, resize_short)
 
     def cache_images_to_disk(self, i: int) -> None:
         """Cache the stacked pair, not just the colour image, as .npy (``BaseDataset.cache_images_to_disk``)."""
+        self.drop_stale_cache(i)
         with self.reading_pairs():
             super().cache_images_to_disk(i)
+
+    def drop_stale_cache(self, i: int) -> None:
+        """Remove pair i's .npy cache when its IR half changed after it was written (Ultralytics compares the cache
+        with the colour image only, so a replaced IR image would otherwise keep its old pixels)."""
+        fn = self.npy_files[i]
+        if not fn.exists():
+            return
+        ir = self.halves(self.im_files[i])[1]
+        if ir and Path(ir).exists() and Path(ir).stat().st_mtime > fn.stat().st_mtime:
+            fn.unlink(missing_ok=True)
 
     # Augmentation -----------------------------------------------------------------------------------------------------
     def build_transforms(self, hyp: Any = None):
