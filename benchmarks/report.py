@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Put benchmark results into the README: every block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
 is replaced by ``benchmarks/results/NAME.md`` (its first heading dropped), so README figures are never typed by hand.
+``<!-- results:NAME#SECTION -->`` takes only the ``## `` section of that file whose heading, lower-cased with every run
+of other characters than letters and digits turned into one ``-``, is SECTION (without the heading line).
 
 Usage:
     python benchmarks/report.py           # rewrite README.md
@@ -16,17 +18,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+(?:#[\w-]+)?) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def slug(heading: str) -> str:
+    """'## Step cost' -> 'step-cost'."""
+    return re.sub(r"[^a-z0-9]+", "-", heading.lstrip("#").strip().lower()).strip("-")
 
 
 def body(name: str) -> str:
-    """The results file as it goes into the README: without its title line, ending in one newline."""
+    """The results file (or its section) as it goes into the README: without its title line, ending in one newline."""
+    name, _, section = name.partition("#")
     path = RESULTS / f"{name}.md"
     if not path.is_file():
         raise FileNotFoundError(f"README block 'results:{name}' names {path}, which does not exist")
     lines = path.read_text(encoding="utf-8").strip().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
+    if section:
+        starts = [i for i, line in enumerate(lines) if line.startswith("## ") and slug(line) == section]
+        if not starts:
+            raise LookupError(f"README block 'results:{name}#{section}': {path} has no '## ' section '{section}'")
+        end = next((i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[starts[0] + 1 : end]
     return "\n".join(lines).strip() + "\n"
 
 
