@@ -167,6 +167,29 @@ def fake_batch(n: int = 4) -> dict:
             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
 
 
+def tiny_quant_model(kd: str = "cls+dfl", float_self: str = "cotrain", weight: float = 1.0):
+    """ghost-n (rgb+ir, 8 classes) at W4 with a distiller on its default layers, calibrated on noise, in train mode:
+    the quantized phase as the trainer builds it (a co-trained float self added when float_self='cotrain')."""
+    import torch
+    from ultralytics.utils import DEFAULT_CFG
+
+    from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels, parse_kd
+    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.quant import add_float_self, calibrate, quantize_model
+
+    torch.manual_seed(0)
+    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    quantize_model(m, bits=4)
+    layers = default_kd_layers(m)
+    m.distiller = Distiller.from_spec(m, parse_kd(kd), layers, feature_channels(m, layers),
+                                      {"float_self": float_self, "kd_weight": weight})
+    if float_self == "cotrain":
+        add_float_self(m)
+    calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
+    m.args = DEFAULT_CFG  # loss hyperparameters, as the trainer sets them
+    return m.train()
+
+
 # Generated data and trained runs (once per session) -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def synth_yaml(tmp_path_factory) -> Path:

@@ -6,7 +6,6 @@ it prints are ghost commands, and they run), search, info, and `ghost train resu
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shlex
@@ -16,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import IMGSZ, read_csv
 
 from ghost_yolo.cli import entrypoint, parse_args
 from ghost_yolo.utils.hints import GhostHints, ghost_commands, ghost_hints
 
-IMGSZ = 64
 TRAIN = f"epochs=1 imgsz={IMGSZ} batch=8 workers=0 bits=32"
 
 
@@ -55,11 +54,6 @@ def cli_run(user, synth_yaml) -> Path:
     """`ghost train data=... epochs=1 ...` in the user's directory; returns the run directory it reports."""
     user(f"ghost train data={synth_yaml} {TRAIN}")
     return user.cwd / "runs" / "detect" / "train"
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def test_train(cli_run):
@@ -123,6 +117,7 @@ def test_search_and_info(user, cli_run):
     assert rows and {"layer", "params", "w_bits", "bops"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_resume_with_the_bare_word(user, synth_yaml):
     """`ghost train resume model=.../last.pt` continues a run stopped after epoch 1 of 2 in its own directory."""
     from ghost_yolo import GhostYOLO

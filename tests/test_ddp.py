@@ -34,10 +34,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMGSZ
 
 WORLD = 2
 CONFIGS = (("ost", "cotrain"), ("cls+dfl", "shared"))
-IMGSZ = 64
 STEPS = 3
 TIMEOUT = 120  # seconds for the whole two-process run (about 25 s on an idle 2-core machine)
 

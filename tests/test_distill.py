@@ -11,27 +11,23 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import DEFAULT_CFG
+from conftest import IMGSZ, fake_batch, tiny_quant_model
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.distill import (
     ExternalTeacher,
-    Distiller,
     OSTLoss,
     attention_value,
     capture_features,
     default_kd_layers,
-    feature_channels,
     layer_distance,
     parse_kd_layers,
     scm_gate,
 )
 from ghost_yolo.distill.scm import logistic_noise
 from ghost_yolo.nn.model import GhostDetectionModel
-from ghost_yolo.quant import calibrate, quant_layers, quantize_model, set_bits
-
-IMGSZ = 64  # matches conftest
+from ghost_yolo.quant import quant_layers, set_bits
 
 
 def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -40,21 +36,8 @@ def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def qmodel() -> GhostDetectionModel:
-    """ghost-n (rgb+ir) at W4, calibrated on noise, with an OST distiller on its default layers."""
-    torch.manual_seed(0)
-    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
-    quantize_model(m, bits=4)
-    calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
-    layers = default_kd_layers(m)
-    m.distiller = Distiller.from_spec(m, ["ost"], layers, feature_channels(m, layers), {"float_self": "shared"})
-    m.args = DEFAULT_CFG  # loss hyperparameters, as the trainer sets them
-    return m.train()
-
-
-def _batch(n: int = 4) -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    return {"img": torch.rand(n, 4, IMGSZ, IMGSZ), "cls": torch.tensor([[0.0], [3.0]]),
-            "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
+    """ghost-n (rgb+ir) at W4, calibrated on noise, with an OST distiller (float self shared) on its default layers."""
+    return tiny_quant_model("ost", float_self="shared")
 
 
 # SCM gate ----------------------------------------------------------------------------------------------------------
@@ -213,7 +196,7 @@ def test_distilled_step_updates_bn_like_a_plain_step(qmodel):
     and the loss carries kd_loss next to Ultralytics' items."""
     plain = deepcopy(qmodel)
     del plain.distiller
-    batch = _batch()
+    batch = fake_batch()
     loss, items = qmodel.loss(batch)
     plain.loss(batch)
     a, b = _bn_state(qmodel), _bn_state(plain)
@@ -229,18 +212,18 @@ def test_kd_loss_zero_when_student_is_teacher(qmodel):
     """bits=32 everywhere: the quantized student computes what the float teacher does, so kd_loss is 0 with the fp32
     teacher (amp=False), and a small fraction of the W4 value with the bf16 one."""
     qmodel.distiller.bf16_teacher = True
-    w4 = qmodel.loss(_batch())[1]["kd_loss"].item()
+    w4 = qmodel.loss(fake_batch())[1]["kd_loss"].item()
     set_bits(qmodel, dict.fromkeys(quant_layers(qmodel), 32))
-    assert qmodel.loss(_batch())[1]["kd_loss"].item() < 0.25 * w4
+    assert qmodel.loss(fake_batch())[1]["kd_loss"].item() < 0.25 * w4
     qmodel.distiller.bf16_teacher = False
-    _, items = qmodel.loss(_batch())
+    _, items = qmodel.loss(fake_batch())
     assert items["kd_loss"].item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_eval_loss_reports_zero_kd(qmodel):
     """The validator's loss (preds given, eval mode) has the same keys with kd_loss 0; no teacher pass runs."""
     qmodel.eval()
-    batch = _batch()
+    batch = fake_batch()
     preds = qmodel(batch["img"])
     _, items = qmodel.loss(batch, preds)
     assert items["kd_loss"].item() == 0.0 and int(qmodel.distiller.terms["ost"].sample_count) == 0
@@ -294,6 +277,7 @@ def test_pipeline_outputs(qtrained):
     assert hasattr(ckpt, "distiller") and not ckpt.distiller.teacher
 
 
+@pytest.mark.slow
 def test_external_teacher_and_errors(trained, synth_yaml, tmp_path, log):
     """teacher=float best.pt teaches a W4 student (not saved with it); mismatched teachers and options are refused."""
     best = trained / "weights" / "best.pt"
@@ -336,6 +320,7 @@ def test_teacher_with_other_architecture(tmp_path):
         load_teacher(path, student, [0, 2])
 
 
+@pytest.mark.slow
 def test_kd_on_float_run_warns(synth_yaml, tmp_path, log):
     """kd=ost with bits=32: nothing to teach, a warning, and a float run without kd_loss."""
     GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), bits=32, kd="ost", epochs=1, imgsz=IMGSZ, batch=8,

@@ -12,11 +12,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import IMGSZ
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.nn.model import GhostDetectionModel
-
-IMGSZ = 64  # matches conftest
 
 
 def _val_pair(synth_yaml: Path) -> Path:
@@ -70,7 +69,7 @@ def test_reload_in_fresh_process(trained, synth_yaml):
     np.testing.assert_allclose(np.array(here), np.array(there), atol=1e-4)
 
 
-def test_predict_folder_pairs_and_orphans(trained, synth_yaml, tmp_path, caplog):
+def test_predict_folder_pairs_and_orphans(trained, synth_yaml, tmp_path, log):
     """A folder of pairs: orphans are reported by name and skipped; images are saved colour|IR; save_txt works."""
     src = tmp_path / "src"
     src.mkdir()
@@ -79,16 +78,10 @@ def test_predict_folder_pairs_and_orphans(trained, synth_yaml, tmp_path, caplog)
         for f in (c, c.with_name(c.name.replace("_co", "_ir"))):
             (src / f.name).write_bytes(f.read_bytes())
     (src / "lonely_co.png").write_bytes(pairs[0].read_bytes())  # no IR partner
-    import logging
-
-    logging.getLogger("ultralytics").addHandler(caplog.handler)
-    try:
-        results = GhostYOLO(trained / "weights" / "best.pt").predict(
-            str(src), imgsz=IMGSZ, conf=0.0001, save=True, save_txt=True, project=str(tmp_path), name="pred")
-    finally:
-        logging.getLogger("ultralytics").removeHandler(caplog.handler)
+    results = GhostYOLO(trained / "weights" / "best.pt").predict(
+        str(src), imgsz=IMGSZ, conf=0.0001, save=True, save_txt=True, project=str(tmp_path), name="pred")
     assert len(results) == 3
-    assert "lonely_co.png" in caplog.text and "missing IR partner" in caplog.text
+    assert "lonely_co.png" in log.text and "missing IR partner" in log.text
     saved = cv2.imread(str(tmp_path / "pred" / pairs[0].with_suffix(".jpg").name))
     colour = cv2.imread(str(pairs[0]))
     assert saved.shape[1] == 2 * colour.shape[1] and saved.shape[0] == colour.shape[0]
@@ -138,6 +131,7 @@ def test_onnx_export_parity_and_backends(trained, synth_yaml):
     assert abs(metrics.box.map50 - pt_metrics.box.map50) < 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality, channels", [("rgb", 3), ("ir", 1)])
 def test_modality_key_changes_channels(synth_yaml, tmp_path, modality, channels):
     """`modality=` trains on the same pairs with 3 (colour) or 1 (IR) channels; predict follows the model."""
@@ -176,6 +170,7 @@ def test_act_relu_is_local_to_model():
     assert isinstance(GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False).model[0].act, torch.nn.SiLU)
 
 
+@pytest.mark.slow
 def test_resume_continues_interrupted_run(synth_yaml, tmp_path):
     """A run stopped after epoch 1 of 2 resumes from last.pt with the ghost trainer and finishes."""
     m = GhostYOLO("ghost-n.yaml")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import statistics
 from io import StringIO
@@ -12,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import IMGSZ, read_csv
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
@@ -21,7 +21,7 @@ from ghost_yolo.engine.folds import fold_row, fold_yamls, parse_folds
 N_PAIRS, SIZE = 9, 64
 # fold k tests on three pairs and trains on the other six, as VEDAI's fold lists do
 FOLDS = {k: [i for i in range(N_PAIRS) if i // 3 == k - 1] for k in (1, 2, 3)}
-ARGS = "imgsz=64 epochs=1 bits=8 kd=none batch=4 workers=0 plots=False seed=0 deterministic=True"
+ARGS = f"imgsz={IMGSZ} epochs=1 bits=8 kd=none batch=4 workers=0 plots=False seed=0 deterministic=True"
 
 
 def annotation(rng: np.random.Generator) -> str:
@@ -86,8 +86,7 @@ def first_run(vedai, tmp_path_factory) -> tuple[Path, str]:
 
 
 def read_rows(root: Path) -> list[dict[str, str]]:
-    with (root / "folds.csv").open() as f:
-        return list(csv.DictReader(f))
+    return read_csv(root / "folds.csv")
 
 
 def mtimes(root: Path) -> dict[str, float]:
@@ -124,7 +123,7 @@ def test_repeat_does_not_retrain(first_run, vedai):
     root, _ = first_run
     before, rows = mtimes(root), read_rows(root)
     with Log() as log:
-        out = GhostYOLO("ghost-n.yaml").train(data=str(vedai / "vedai-fold01.yaml"), folds=[1, 2, 3], imgsz=64,
+        out = GhostYOLO("ghost-n.yaml").train(data=str(vedai / "vedai-fold01.yaml"), folds=[1, 2, 3], imgsz=IMGSZ,
                                               epochs=1, bits=8, kd="none", batch=4, workers=0, plots=False, seed=0,
                                               deterministic=True, project=str(root.parent), name=root.name)
     assert mtimes(root) == before and len(before) == 3
@@ -144,6 +143,7 @@ def test_other_settings_are_refused_not_mixed(first_run, vedai, log):
     assert "name=" in errors[0] and mtimes(root) == before
 
 
+@pytest.mark.slow
 def test_unfinished_fold_is_trained_again(first_run, vedai):
     root, _ = first_run
     before = mtimes(root)

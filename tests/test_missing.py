@@ -11,16 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import IMGSZ, NO_AUG, build, make_suffix_set, noise_bgr, write, write_yaml
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.data.io import load_pair
 from ghost_yolo.data.missing import FILL, ModalityDropout, check_drop_modality, check_modality_dropout
 from ghost_yolo.nn.model import GhostDetectionModel
-
-from test_data import NO_AUG, build, make_suffix_set, noise_bgr, write, write_yaml
-
-IMGSZ = 64
 
 
 def blanked(img: torch.Tensor) -> tuple[bool, bool]:
@@ -292,12 +289,12 @@ def rgb_model(tmp_path) -> Path:
 def test_errors_are_one_clear_line(log, synth_yaml, rgb_model, tmp_path):
     val = synth_yaml.parent / "images" / "val"
     cases = {
-        f"val model={rgb_model} data={synth_yaml} imgsz=64 drop_modality=ir": "drop_modality=ir needs an rgb+ir model",
-        f"predict model={rgb_model} source={val} imgsz=64 drop_modality=rgb": "drop_modality=rgb needs an rgb+ir model",
-        f"val model={rgb_model} data={synth_yaml} imgsz=64 drop_modality=thermal": "use ir or rgb",
-        f"train data={synth_yaml} epochs=1 imgsz=64 modality_dropout=1.5 project={tmp_path}":
+        f"val model={rgb_model} data={synth_yaml} imgsz={IMGSZ} drop_modality=ir": "drop_modality=ir needs an rgb+ir model",
+        f"predict model={rgb_model} source={val} imgsz={IMGSZ} drop_modality=rgb": "drop_modality=rgb needs an rgb+ir model",
+        f"val model={rgb_model} data={synth_yaml} imgsz={IMGSZ} drop_modality=thermal": "use ir or rgb",
+        f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} modality_dropout=1.5 project={tmp_path}":
             "modality_dropout=1.5 is outside [0, 1]",
-        f"train data={synth_yaml} epochs=1 imgsz=64 modality=rgb modality_dropout=0.5 project={tmp_path}":
+        f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} modality=rgb modality_dropout=0.5 project={tmp_path}":
             "modality_dropout=0.5 needs rgb+ir data",
     }
     for cmd, expected in cases.items():

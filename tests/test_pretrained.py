@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import IMGSZ
 import torch
 from ultralytics import __version__
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
@@ -59,7 +60,7 @@ def _source(path: Path) -> torch.nn.Module:
 def _grey(ch: int) -> torch.Tensor:
     """A grey image: every band equal at each pixel (a different value at every pixel)."""
     torch.manual_seed(3)
-    return torch.rand(2, 1, 64, 64).expand(-1, ch, -1, -1).contiguous()
+    return torch.rand(2, 1, IMGSZ, IMGSZ).expand(-1, ch, -1, -1).contiguous()
 
 
 @torch.no_grad()
@@ -175,7 +176,7 @@ def test_trainer_seeds_through_model_and_pretrained(how, rgb_ckpt, synth_yaml, t
     """``model=rgb.pt`` and ``model=ghost-n-dual.yaml pretrained=rgb.pt`` on rgb+ir data: the trainer's model (with
     its quantized convs and float-self BatchNorm already in place) is seeded."""
     model, kw = (str(rgb_ckpt), {}) if how == "model" else ("ghost-n-dual.yaml", {"pretrained": str(rgb_ckpt)})
-    trainer = GhostTrainer(overrides={"model": model, "data": str(synth_yaml), "imgsz": 64, "epochs": 2,
+    trainer = GhostTrainer(overrides={"model": model, "data": str(synth_yaml), "imgsz": IMGSZ, "epochs": 2,
                                       "project": str(tmp_path), "name": how, "plots": False, **kw})
     with log.at_level(logging.INFO, logger="ultralytics"):
         trainer.setup_model()

@@ -11,12 +11,11 @@ import pytest
 import torch
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import YAML
+from conftest import IMGSZ
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.quant import get_bits, quant_layers
-
-IMGSZ = 64  # matches conftest
 
 
 def _bits_yaml(path: Path) -> dict[str, int]:
@@ -83,6 +82,7 @@ def test_quantized_val_and_predict(qtrained, synth_yaml):
     assert len(res) == 8
 
 
+@pytest.mark.slow
 def test_resume_in_quantized_phase(synth_yaml, tmp_path):
     """A run stopped in its quantized phase resumes with the same widths, step sizes and OST gate (not re-searched)."""
     m = GhostYOLO("ghost-n.yaml")
@@ -186,6 +186,7 @@ def test_hq_on_random_init_warns(log):
     assert "no trained weights" in log.text
 
 
+@pytest.mark.slow
 def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
     """model=float best.pt bits=8: the float model is validated first, quantized at once, and both are summarised."""
     from ghost_yolo.engine.trainer import GhostTrainer
@@ -240,6 +241,7 @@ print("OK", t.args.bits, len(bits), sorted(set(bits.values())), any(q.quant_enab
     assert "OK 4 87 [4, 8] False ost [2, 4, 6] {'ost': 30.0} frozen 0" in out.stdout
 
 
+@pytest.mark.slow
 def test_train_hq_on_random_init_warns(synth_yaml, tmp_path, log):
     """bits=hq on a model built from a YAML (no fp_epochs) warns that the search measures nothing, and still runs."""
     GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), bits="hq", epochs=1, imgsz=IMGSZ, batch=8, workers=0,

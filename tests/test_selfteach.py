@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import DEFAULT_CFG
+from conftest import IMGSZ, fake_batch, tiny_quant_model
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
@@ -20,38 +20,12 @@ from ghost_yolo.distill import (
     BoxDistributionLoss,
     ChannelWiseLoss,
     ClassScoreLoss,
-    Distiller,
     PassOutputs,
-    default_kd_layers,
-    feature_channels,
     parse_kd,
 )
 from ghost_yolo.nn.model import GhostDetectionModel
 from ghost_yolo.nn.switch_bn import SwitchableBatchNorm2d, float_bn_layers
-from ghost_yolo.quant import add_float_self, calibrate, drop_float_bn, float_mode, quantize_model, to_float_self
-
-IMGSZ = 64
-
-
-def _batch(n: int = 4) -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    return {"img": torch.rand(n, 4, IMGSZ, IMGSZ), "cls": torch.tensor([[0.0], [3.0]]),
-            "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
-
-
-def _model(kd: str = "cls+dfl", float_self: str = "cotrain", weight: float = 1.0) -> GhostDetectionModel:
-    """ghost-n (rgb+ir) at W4 with a distiller, in its quantized phase, as the trainer builds it."""
-    torch.manual_seed(0)
-    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
-    quantize_model(m, bits=4)
-    layers = default_kd_layers(m)
-    m.distiller = Distiller.from_spec(m, parse_kd(kd), layers, feature_channels(m, layers),
-                                      {"float_self": float_self, "kd_weight": weight})
-    if float_self == "cotrain":
-        add_float_self(m)
-    calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
-    m.args = DEFAULT_CFG
-    return m.train()
+from ghost_yolo.quant import drop_float_bn, float_mode, to_float_self
 
 
 def _stats(model: nn.Module, which: str) -> dict[str, torch.Tensor]:
@@ -64,13 +38,13 @@ def _stats(model: nn.Module, which: str) -> dict[str, torch.Tensor]:
 def test_bn_sets_stay_apart_and_both_losses_reach_shared_weights():
     """A co-trained step: the student pass updates only the quantized BN statistics, the float pass only the float
     ones; the float pass's detection loss (fp_loss) and the student's both send gradient into the shared convs."""
-    m = _model()
+    m = tiny_quant_model()
     plain = [b for b in m.modules() if type(b) is nn.BatchNorm2d]  # only the float twins are plain BatchNorms
     assert len(float_bn_layers(m)) == 81 and len(plain) == 81
     assert all(isinstance(b, SwitchableBatchNorm2d) for b in m.modules() if isinstance(b, nn.BatchNorm2d) and b not in plain)
     q0, f0 = _stats(m, "q"), _stats(m, "f")
     assert all(torch.equal(q0[k.replace(".float_bn.", ".")], v) for k, v in f0.items())  # both sets start equal
-    batch = _batch()
+    batch = fake_batch()
     # the student pass alone (as plain QAT computes it) moves only the quantized statistics
     with torch.no_grad():
         m.predict(batch["img"])
@@ -100,7 +74,7 @@ def test_bn_sets_stay_apart_and_both_losses_reach_shared_weights():
 
 def test_float_mode_uses_float_bn_and_restores():
     """float_mode switches quantizers off and the float BN set on, then restores both; to_float_self is that, kept."""
-    m = _model().eval()
+    m = tiny_quant_model().eval()
     for b in float_bn_layers(m):  # make the two sets differ
         b.float_bn.bias.data += 0.5
     x = torch.rand(1, 4, IMGSZ, IMGSZ)
@@ -117,7 +91,7 @@ def test_float_mode_uses_float_bn_and_restores():
 
 def test_fused_quantized_model_carries_no_float_bn():
     """Fusing a co-trained model gives exactly the fused model of the same weights without the float set."""
-    m = _model().eval()
+    m = tiny_quant_model().eval()
     for b in float_bn_layers(m):
         b.float_bn.weight.data *= 3  # a float set that would change outputs if it leaked into the fused model
     plain = deepcopy(m)
@@ -130,6 +104,7 @@ def test_fused_quantized_model_carries_no_float_bn():
         assert torch.equal(a(x)[0], b(x)[0])
 
 
+@pytest.mark.slow
 def test_weight_zero_reproduces_plain_qat(synth_yaml, trained, tmp_path):
     """kd=ost with kd_weight=0 (shared float self) trains exactly the weights plain QAT trains for the same seed."""
     best = trained / "weights" / "best.pt"
@@ -216,7 +191,7 @@ def test_registry_and_parse():
 
 def test_cosine_schedule():
     """kd_schedule=cosine: 1 at the start of the quantized phase, 0.01 at its end; constant stays 1."""
-    m = _model(kd="cls")
+    m = tiny_quant_model(kd="cls")
     d = m.distiller
     assert d.scale() == 1.0
     d.schedule = "cosine"
@@ -227,9 +202,9 @@ def test_cosine_schedule():
 
 def test_item_columns_are_fixed_from_the_start():
     """Outside the quantized phase (and at eval) the distiller's columns exist at 0: results.csv keeps its columns."""
-    m = _model(kd="ost+cls")
+    m = tiny_quant_model(kd="ost+cls")
     m.yaml["quant"]["enabled"] = False  # the float phase
-    _, items = m.loss(_batch())
+    _, items = m.loss(fake_batch())
     assert list(items)[3:] == ["kd_loss", "kd_ost", "kd_cls", "fp_loss"]
     assert items["kd_loss"] == 0 and items["fp_loss"] > 0
 
@@ -293,7 +268,7 @@ def test_summary_compares_float_self_and_quantized_of_the_same_epoch(qtrained):
     assert float_bn_layers(best) and best.yaml["quant"].get("float_bn") is True
 
 
-
+@pytest.mark.slow
 def test_frozen_float_self_teaches_and_resumes(trained, synth_yaml, tmp_path):
     """float_self=frozen: the float model at the start of the quantized phase teaches (saved as float_teacher.pt, not
     inside the checkpoints); a run resumed in its quantized phase teaches with that same file."""
@@ -331,6 +306,7 @@ def test_frozen_float_self_teaches_and_resumes(trained, synth_yaml, tmp_path):
     assert len(rows) == 3 and float(rows[2].split(",")[head.index("train/kd_loss")]) > 0
 
 
+@pytest.mark.slow
 def test_kd_auto_follows_the_evidence(synth_yaml, trained, tmp_path):
     """kd=auto: AUTO_KD for a quantized run (the benchmark's verdict), AUTO_KD_WITH_TEACHER when teacher= is named,
     nothing for a float run."""

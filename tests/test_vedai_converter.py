@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 import cv2
 import numpy as np
 import pytest
 import yaml
-from ultralytics.utils import LOGGER
 
 from ghost_yolo.data.vedai import RAW_TO_ID, VEDAI_NAMES, convert_vedai, parse_vedai_annotation
 
@@ -66,15 +64,6 @@ def vedai_src(tmp_path):
     return src
 
 
-@pytest.fixture
-def log_records(caplog):
-    """Capture the Ultralytics LOGGER, which does not propagate to the root logger."""
-    LOGGER.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger=LOGGER.name)
-    yield caplog
-    LOGGER.removeHandler(caplog.handler)
-
-
 def _labels(path):
     """Read a YOLO label file as a list of (cls, xc, yc, w, h)."""
     return [(int(r[0]), *map(float, r[1:])) for r in (line.split() for line in path.read_text().splitlines())]
@@ -117,7 +106,7 @@ def test_parse_reports_malformed(vedai_src):
     assert problems[1].startswith(f"{path}:4: ") and "abc" in problems[1]
 
 
-def test_convert(vedai_src, tmp_path, log_records):
+def test_convert(vedai_src, tmp_path, log):
     """End to end: labels, class mapping, images in pairs, fold lists, YAMLs and log messages."""
     out = tmp_path / "yolo"
     yamls = convert_vedai(vedai_src, out)
@@ -174,12 +163,12 @@ def test_convert(vedai_src, tmp_path, log_records):
     assert yaml.safe_load((out / "vedai-fold02.yaml").read_text())["val"] == "vedai-fold02-test.txt"
 
     # Logs: malformed lines with file:line, missing fold id with fold file, summary
-    log = log_records.text
+    text = log.text
     ann1 = vedai_src / "Annotations512" / "00000001.txt"
-    assert f"{ann1}:2:" in log and f"{ann1}:4:" in log
-    assert str(vedai_src / "fold02.txt") in log and "00000099" in log
-    assert "converted 4/4" in log and "malformed annotation lines skipped: 2" in log
-    assert "car=1" in log and "pickup=1" in log and "motorcycle(7)=2" in log and "plane(31)=1" in log
+    assert f"{ann1}:2:" in text and f"{ann1}:4:" in text
+    assert str(vedai_src / "fold02.txt") in text and "00000099" in text
+    assert "converted 4/4" in text and "malformed annotation lines skipped: 2" in text
+    assert "car=1" in text and "pickup=1" in text and "motorcycle(7)=2" in text and "plane(31)=1" in text
 
 
 def test_symlinks(vedai_src, tmp_path):
