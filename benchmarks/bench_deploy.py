@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import (add_run_options, banner, base_parser, make_data, medians, round_ratios, run_main, timed_rounds,
-                    train_arm, work_dir, write_md)
+from common import (add_run_options, banner, base_parser, make_data, medians, round_ratios, run_in_work_dir, run_main,
+                    timed_rounds, train_arm, write_md)
 
 from ghost_yolo import GhostYOLO
 
@@ -169,10 +169,7 @@ def latency(paths: dict[str, Path], imgsz: int, reps: int, threads: int) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     """Train or take the arms, then accuracy/parity, latency and size tables; print and save markdown."""
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    with work_dir(args.workdir, "ghost-bench-deploy-") as args.workdir:
-        return bench(args)
+    return run_in_work_dir(parse_args(argv), "ghost-bench-deploy-", bench)
 
 
 def bench(args: argparse.Namespace) -> int:

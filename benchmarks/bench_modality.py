@@ -29,7 +29,8 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import torch
-from common import add_run_options, banner, base_parser, make_data, md_table, run_main, work_dir, write_md
+from common import (add_run_options, banner, base_parser, make_data, md_table, run_in_work_dir, run_main,
+                    write_md)
 
 IR_MISSING_TARGET = 2.0  # dropout model with IR missing: mAP50 points below the rgb-only model, at most
 BOTH_TARGET = 1.0  # dropout model with both bands: mAP50 points below the model trained without dropout, at most
@@ -145,10 +146,7 @@ def report(res: dict, args: argparse.Namespace, seconds: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train, validate, print and save the table."""
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    with work_dir(args.workdir, "ghost-bench-modality-") as args.workdir:
-        return bench(args)
+    return run_in_work_dir(parse_args(argv), "ghost-bench-modality-", bench)
 
 
 def bench(args: argparse.Namespace) -> int:

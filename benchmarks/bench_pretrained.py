@@ -37,8 +37,8 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-import torch
-from common import add_run_options, banner, base_parser, make_data, md_table, run_main, work_dir, write_md
+from common import (add_run_options, banner, base_parser, make_data, md_table, run_in_work_dir, run_main,
+                    write_md)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, help="a 3-channel (modality=rgb) ghost-n to use instead of pretraining")
     p.add_argument("--rgb-arm", action="store_true", help="also a colour-only reference arm (what IR adds)")
     p.add_argument("--no-dual", action="store_true", help="skip the dual-stream stem arms (seeded vs Ultralytics)")
-    add_run_options(p, out="", out_help="markdown table (benchmarks/results/pretrained.md; --quick: in the workdir)")
+    add_run_options(p, out="",
+                    out_help="markdown table (benchmarks/results/pretrained.md; --quick: in the workdir)")
     a = p.parse_args(argv)
     if a.quick:
         a.pre_epochs, a.ft_epochs, a.imgsz = min(a.pre_epochs, 1), min(a.ft_epochs, 2), 96
@@ -111,10 +112,7 @@ def table(res: dict[str, list[dict[str, float]]], epochs: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Pretrain on colour, run the arms, print and save the table."""
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    with work_dir(args.workdir, "ghost-bench-pretrained-") as args.workdir:
-        return bench(args)
+    return run_in_work_dir(parse_args(argv), "ghost-bench-pretrained-", bench)
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ Both questions are answered side by side in ONE process and reported as ratios /
    trained for ``--fp-epochs`` (or given with ``--weights``), then every arm fine-tunes it for ``--q-epochs`` with the
    same settings: float (no quantization), W8A8 (``bits=8``), HQ (``bits=hq`` at ``--hq-threshold``), and W4A4
    (``bits=4``, for reference). Targets: W8A8 within 1 mAP50 point of float; HQ with average weight bits <= 5 within
-   3 points. The table is printed and saved as markdown (``--out``).
+   3 points. The tables are printed and saved as markdown (``--out``; the step section in ``--step-out``).
 
 The script exits 0 whatever the numbers: it is a benchmark, not a test. PASS/FAIL lines compare against the targets.
 
@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fp-epochs", type=int, default=15, help="float epochs before the arms (15, the demo's budget)")
     p.add_argument("--q-epochs", type=int, default=5, help="epochs of every arm (5)")
     p.add_argument("--hq-threshold", type=float, default=2.0, help="HQ threshold of the HQ arm (2.0: ~4.8 bits here)")
-    add_run_options(p, out="benchmarks/results/quant_accuracy.md")
+    add_run_options(p, out="benchmarks/results/quant_accuracy.md", out_help="markdown table (step section: --step-out)")
+    p.add_argument("--step-out", type=Path, default=Path("benchmarks/results/quant_step.md"),
+                   help="markdown of the step section")
     a = p.parse_args(argv)
     if a.quick:
         a.fp_epochs, a.q_epochs, a.step_reps, a.imgsz = min(a.fp_epochs, 1), min(a.q_epochs, 1), 3, 128
@@ -147,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         data_yaml = make_data(args.workdir, args.quick, args.imgsz)
         out = []
         if not args.skip_step:
-            out += bench_step(args, data_yaml)
+            lines = bench_step(args, data_yaml)
+            out += lines
+            write_md(args.step_out, ["# Quantization step time (benchmarks/bench_quant.py)", "", "```", *lines, "```",
+                                     ""])
         if not args.skip_accuracy:
             out += [""] + bench_accuracy(args, data_yaml, args.workdir)
         print("\n" + "\n".join(out))

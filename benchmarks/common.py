@@ -73,6 +73,15 @@ def work_dir(path: Path | None, prefix: str) -> Iterator[Path]:
         yield Path(d)
 
 
+def run_in_work_dir(args: argparse.Namespace, prefix: str, bench: Callable[[argparse.Namespace], int]) -> int:
+    """``bench(args)`` with torch on ``args.threads`` threads and ``args.workdir`` made (or a temporary directory)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with work_dir(args.workdir, prefix) as args.workdir:
+        return bench(args)
+
+
 # Machine -------------------------------------------------------------------------------------------------------------
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
@@ -177,6 +186,57 @@ def round_ratios(times: dict[str, list[float]], ref: str) -> dict[str, list[floa
 def medians(values: dict[str, list[float]]) -> dict[str, float]:
     """The median of every list."""
     return {k: statistics.median(v) for k, v in values.items()}
+
+
+def verdict(ok: bool | None) -> str:
+    """PASS / FAIL / n/a."""
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+class Comparison:
+    """One compared measurement: A (baseline) and B (ghost) medians, their ratio and the target."""
+
+    def __init__(self, name: str, unit: str, a_name: str, b_name: str, higher_is_better: bool, target: float):
+        """Empty until ``add`` is called per repetition."""
+        self.name, self.unit, self.a_name, self.b_name = name, unit, a_name, b_name
+        self.higher_is_better, self.target = higher_is_better, target
+        self.a: list[float] = []
+        self.b: list[float] = []
+        self.error: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """B over A of the medians."""
+        if not self.a or not self.b:
+            return None
+        return statistics.median(self.b) / statistics.median(self.a)
+
+    def round_ratios(self) -> list[float]:
+        """B over A per round, to show the noise of the ratio itself."""
+        return [b / a for a, b in zip(self.a, self.b)]
+
+    @property
+    def ok(self) -> bool | None:
+        """Whether the ratio meets the target (None when not measured)."""
+        r = self.ratio
+        if r is None:
+            return None
+        return r >= self.target if self.higher_is_better else r <= self.target
+
+    def target_text(self) -> str:
+        """'>= 0.80x' or '<= 1.10x'."""
+        return f"{'>=' if self.higher_is_better else '<='} {self.target:.2f}x"
+
+    def line(self) -> str:
+        """One printed result line."""
+        if self.error or self.ratio is None:
+            return f"  {self.name:<34} ERROR: {self.error or 'not measured'}  -> FAIL"
+        rr = self.round_ratios()
+        spread = (f"per round {min(rr):.2f}-{max(rr):.2f}x, median {statistics.median(rr):.2f}x" if len(rr) > 1
+                  else "1 round")
+        ma, mb = statistics.median(self.a), statistics.median(self.b)
+        return (f"  {self.name:<34} {self.a_name} {ma:8.1f} {self.unit:<6} {self.b_name} {mb:8.1f} {self.unit:<6} "
+                f"ratio {self.ratio:5.2f}x ({spread})  target {self.target_text()}  {verdict(self.ok)}")
 
 
 # Paired-seed statistics ----------------------------------------------------------------------------------------------
