@@ -106,10 +106,10 @@ def train(model: str | Path, data: Path, project: Path, name: str, **kw) -> Path
 def evaluate(weights: Path, data: Path, as_float: bool = False) -> dict:
     """mAP50 / mAP50-95 (percent) of ``weights`` on the full val split, plus average bits."""
     from ghost_yolo import GhostYOLO
-    from ghost_yolo.quant import average_bits
+    from ghost_yolo.quant import average_bits, quant_enabled
 
     m = GhostYOLO(weights)
-    bits = average_bits(m.model) if m.model.yaml.get("quant", {}).get("enabled") and not as_float else 32.0
+    bits = average_bits(m.model) if quant_enabled(m.model) and not as_float else 32.0
     met = m.val(data=str(data), imgsz=SETTINGS["imgsz"], batch=32, workers=2, plots=False, verbose=False,
                 as_float=as_float)
     return {"map50": round(100 * float(met.box.map50), 2), "map": round(100 * float(met.box.map), 2),
