@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import IMGSZ
+from conftest import IMGSZ, read_csv
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.nn.model import GhostDetectionModel
@@ -25,9 +25,10 @@ def _val_pair(synth_yaml: Path) -> Path:
 def test_train_outputs(trained):
     """A 1-epoch run writes weights, results.csv with the loss columns, and side-by-side colour|IR mosaics."""
     assert (trained / "weights" / "best.pt").is_file() and (trained / "weights" / "last.pt").is_file()
-    header = (trained / "results.csv").read_text().splitlines()[0]
-    for col in ("train/box_loss", "train/cls_loss", "metrics/mAP50(B)"):
-        assert col in header
+    rows = read_csv(trained / "results.csv")
+    assert [int(float(r["epoch"])) for r in rows] == [1]
+    assert {"train/box_loss", "train/cls_loss", "metrics/mAP50(B)"} <= set(rows[0])
+    assert float(rows[0]["train/cls_loss"]) > 0
     mosaic = cv2.imread(str(trained / "train_batch0.jpg"))
     assert mosaic is not None and mosaic.shape[1] > mosaic.shape[0]  # colour and IR side by side
     assert (trained / "val_batch0_pred.jpg").is_file()
@@ -45,10 +46,13 @@ def test_checkpoint_keeps_modality_and_yaml(trained):
 def test_val_returns_metrics(trained, synth_yaml):
     metrics = GhostYOLO(trained / "weights" / "best.pt").val(data=str(synth_yaml), imgsz=IMGSZ, batch=4, plots=False,
                                                            project=str(trained.parent), name="val")
-    assert metrics.box.nc == 8 and set(metrics.box.ap_class_index.tolist()) <= set(range(8))
-    assert metrics.results_dict["metrics/mAP50(B)"] == pytest.approx(metrics.box.map50)
     labels = sorted((synth_yaml.parent / "labels" / "val").glob("*.txt"))
-    assert int(metrics.nt_per_class.sum()) == sum(len(p.read_text().split()) // 5 for p in labels)  # every object seen
+    classes = [int(line.split()[0]) for p in labels for line in p.read_text().splitlines() if line.strip()]
+    assert metrics.box.nc == 8
+    assert metrics.box.ap_class_index.tolist() == sorted(set(classes))  # AP for exactly the classes present in val
+    assert metrics.results_dict["metrics/mAP50(B)"] == pytest.approx(metrics.box.map50)
+    assert int(metrics.nt_per_class.sum()) == len(classes)  # every object seen
+    assert metrics.nt_per_class.tolist() == np.bincount(classes, minlength=8).tolist()  # and counted in its class
 
 
 def _predict_boxes(weights: Path, source: Path) -> list[list[float]]:
@@ -123,7 +127,7 @@ def test_onnx_export_parity_and_backends(trained, synth_yaml):
     onnx_model = GhostYOLO(f)
     assert onnx_model.channels == 4
     res = onnx_model.predict(str(_val_pair(synth_yaml)), imgsz=IMGSZ, conf=0.0001, verbose=False)
-    assert len(res) == 1 and res[0].ir_img is not None
+    assert len(res) == 1 and res[0].ir_img.shape == cv2.imread(str(_val_pair(synth_yaml))).shape[:2]
     metrics = onnx_model.val(data=str(synth_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
                              name="val_onnx")
     pt_metrics = model.val(data=str(synth_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
@@ -186,8 +190,8 @@ def test_resume_continues_interrupted_run(synth_yaml, tmp_path):
     last = tmp_path / "r" / "weights" / "last.pt"
     resumed = GhostYOLO(last)
     resumed.train(resume=True, workers=0)
-    rows = (tmp_path / "r" / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 3  # header + 2 epochs
+    rows = read_csv(tmp_path / "r" / "results.csv")
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]  # epoch 1 kept, epoch 2 added by the resumed run
     assert GhostYOLO(tmp_path / "r" / "weights" / "last.pt").channels == 4
 
 

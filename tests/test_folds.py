@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from io import StringIO
@@ -104,7 +105,10 @@ def test_each_fold_trained_and_reported(first_run):
     assert list(rows[0]) == ["fold", "mAP50", "mAP50-95", "size_MB", "GBOPs", "avg_bits", "epochs", "run"]
     folds, mean, std = rows[:3], rows[3], rows[4]
     for r in folds:
-        assert 0 <= float(r["mAP50-95"]) <= float(r["mAP50"]) <= 1
+        metrics = json.loads((Path(r["run"]) / "summary.json").read_text())["metrics"]  # the fold's own final val
+        assert float(r["mAP50"]) == pytest.approx(metrics["mAP50"], rel=1e-4, abs=1e-9)
+        assert float(r["mAP50-95"]) == pytest.approx(metrics["mAP50-95"], rel=1e-4, abs=1e-9)
+        assert float(r["mAP50-95"]) <= float(r["mAP50"])
         assert float(r["size_MB"]) > 0 and float(r["GBOPs"]) > 0 and 7.5 < float(r["avg_bits"]) <= 8
         assert r["epochs"] == "1" and Path(r["run"]).parent == root
     for key in ("mAP50", "mAP50-95", "size_MB", "GBOPs", "avg_bits"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from copy import deepcopy
@@ -11,11 +12,11 @@ import pytest
 import torch
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import YAML
-from conftest import IMGSZ
+from conftest import IMGSZ, read_csv
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
-from ghost_yolo.quant import get_bits, quant_layers
+from ghost_yolo.quant import get_bits, quant_layers, set_quant_enabled
 
 
 def _bits_yaml(path: Path) -> dict[str, int]:
@@ -34,8 +35,7 @@ def test_quantized_run_outputs(qtrained):
     assert all(bool(m.input_quant.calibrated) and bool(m.weight_quant.calibrated) for m in quant_layers(q).values())
     assert not f.yaml.get("quant", {}).get("enabled")
     assert (qtrained / "bits.png").stat().st_size > 1000
-    rows = (qtrained / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 3
+    assert [int(float(r["epoch"])) for r in read_csv(qtrained / "results.csv")] == [1, 2]
 
 
 def test_checkpoint_bits_in_fresh_process(qtrained):
@@ -118,9 +118,9 @@ def test_resume_in_quantized_phase(synth_yaml, tmp_path):
     sd = saved.state_dict()
     assert len(seen["float_bn"]) == sum(".float_bn." in k for k in sd) and not any(".float_bn.float_bn." in k for k in sd)
     assert all(torch.equal(v.half(), sd[k].half()) for k, v in seen["float_bn"].items())
-    rows = (tmp_path / "r" / "results.csv").read_text().strip().splitlines()
-    kd = rows[0].split(",").index("train/kd_loss")
-    assert len(rows) == 4 and float(rows[1].split(",")[kd]) == 0 and float(rows[3].split(",")[kd]) > 0
+    rows = read_csv(tmp_path / "r" / "results.csv")
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3]
+    assert float(rows[0]["train/kd_loss"]) == 0 and float(rows[2]["train/kd_loss"]) > 0  # float phase, quantized phase
 
 
 def test_search_cli_is_deterministic(trained, tmp_path):
@@ -196,14 +196,24 @@ def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
     class Spy(GhostTrainer):
         def final_eval(self):
             super().final_eval()
-            seen["report"], seen["summary"] = self.quant_report(), self.summary()
+            seen["report"], seen["summary"], seen["metrics"] = self.quant_report(), self.summary(), dict(self.metrics)
 
     m = GhostYOLO(trained / "weights" / "best.pt")
     m.train(trainer=Spy, data=str(synth_yaml), bits=8, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
             name="qat", plots=False)
     rep = seen["report"]
-    assert rep["float_start"]["mAP50"] is not None and rep["quantized"]["mAP50"] is not None
-    assert rep["float_self"]["mAP50"] is not None and rep["float_start"]["epoch"] is None  # started from given weights
+    # float start: the given float best.pt validated before quantizing, i.e. what that run's own final val measured
+    float_run = json.loads((trained / "summary.json").read_text())["metrics"]
+    assert rep["float_start"]["mAP50"] == pytest.approx(float_run["mAP50"], abs=1e-3)
+    assert rep["float_start"]["mAP50-95"] == pytest.approx(float_run["mAP50-95"], abs=1e-3)
+    assert rep["quantized"]["mAP50"] == seen["metrics"]["metrics/mAP50(B)"]  # the final val of the quantized best.pt
+    assert rep["float_start"]["epoch"] is None  # started from given weights
+    # no co-trained float self: the float self is best.pt with its quantizers off (the shared BatchNorm), validated again
+    assert rep["float_self"]["batchnorm"] == "shared"
+    latent = GhostYOLO(tmp_path / "qat" / "weights" / "best.pt")
+    set_quant_enabled(latent.model, False)
+    fs = latent.val(data=str(synth_yaml), imgsz=IMGSZ, batch=16, workers=0, plots=False)
+    assert rep["float_self"]["mAP50"] == pytest.approx(fs.box.map50, abs=1e-3)
     assert rep["quantized"]["size_mb"] < rep["float_self"]["size_mb"] / 3 and rep["avg_w_bits"] == 8
     assert "float" in seen["summary"] and "GBOPs" in seen["summary"]
     q, _ = load_checkpoint(tmp_path / "qat" / "weights" / "best.pt")
