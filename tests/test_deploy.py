@@ -5,6 +5,7 @@ from __future__ import annotations
 from copy import deepcopy
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -122,7 +123,7 @@ def test_onnx_matches_fused_pytorch(qtrained, synth_yaml):
     kw = {"imgsz": IMGSZ, "conf": 0.001, "max_det": 30, "verbose": False}
     matched = total = 0
     for a, b in zip(model.predict([str(s) for s in src], **kw), GhostYOLO(f).predict([str(s) for s in src], **kw)):
-        assert b.ir_img is not None
+        np.testing.assert_array_equal(b.ir_img, a.ir_img)  # ONNX predicts on the same IR partner as PyTorch
         for box, conf, cls in zip(a.boxes.xyxy, a.boxes.conf, a.boxes.cls):
             total += 1
             if len(b.boxes):
@@ -170,9 +171,10 @@ def test_packed_round_trip_and_size(w4_model, qtrained, tmp_path, synth_yaml):
         size_mb = cost_totals(model.model, layer_costs(model.model, IMGSZ))["size_mb"]
         header = 64e-3  # JSON header: YAML, names, tensor table (MB)
         assert f.stat().st_size / 1e6 <= 1.1 * size_mb + header
-    res = loaded.predict(str(min((synth_yaml.parent / "images" / "val").glob("*_co.png"))), imgsz=IMGSZ,
-                         conf=0.001, verbose=False)
-    assert len(res) == 1 and res[0].ir_img is not None
+    pair = min((synth_yaml.parent / "images" / "val").glob("*_co.png"))
+    res = loaded.predict(str(pair), imgsz=IMGSZ, conf=0.001, verbose=False)
+    ir = cv2.imread(str(pair.with_name(pair.name.replace("_co", "_ir"))), cv2.IMREAD_UNCHANGED)
+    assert len(res) == 1 and np.array_equal(res[0].ir_img.squeeze(), ir)  # its IR partner, as read from disk
     kw = {"data": str(synth_yaml), "imgsz": IMGSZ, "batch": 4, "rect": False, "plots": False, "project": str(tmp_path)}
     met = loaded.val(name="packed", **kw)
     ref = GhostYOLO(qtrained / "weights" / "best.pt").val(name="pt", **kw)
