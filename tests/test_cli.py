@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import IMGSZ
 
 from ghost_yolo.cli import entrypoint
 
@@ -47,22 +48,24 @@ def test_data_yaml_without_names(log, tmp_path):
     (tmp_path / "images").mkdir()
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"path: {tmp_path}\ntrain: images\nval: images\npairing: suffix\n")
-    assert entrypoint(f"train data={bad} epochs=1 imgsz=64") == 2
+    assert entrypoint(f"train data={bad} epochs=1 imgsz={IMGSZ}") == 2
     assert "names" in log.text and "bad.yaml" in log.text
 
 
 def test_bad_modality_and_pairing(log, synth_yaml, tmp_path):
-    assert entrypoint(f"train data={synth_yaml} modality=thermal epochs=1 imgsz=64 project={tmp_path}") == 2
+    assert entrypoint(f"train data={synth_yaml} modality=thermal epochs=1 imgsz={IMGSZ} project={tmp_path}") == 2
     assert "unknown modality 'thermal'" in log.text
     plain = tmp_path / "plain.yaml"
     plain.write_text(synth_yaml.read_text().replace("pairing: suffix", ""))
-    assert entrypoint(f"train data={plain} modality=ir epochs=1 imgsz=64 project={tmp_path}") == 2
+    assert entrypoint(f"train data={plain} modality=ir epochs=1 imgsz={IMGSZ} project={tmp_path}") == 2
     assert "modality=ir needs paired data" in log.text
 
 
+@pytest.mark.slow
 def test_existing_run_dir_is_not_overwritten(synth_yaml, tmp_path):
     """Ultralytics' run-dir increment is kept: a second run with the same name goes to a new dir, the first is intact."""
-    args = f"train data={synth_yaml} epochs=1 imgsz=64 batch=8 workers=0 val=False plots=False project={tmp_path} name=same"
+    args = (f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} batch=8 workers=0 val=False plots=False "
+            f"project={tmp_path} name=same")
     assert entrypoint(args) == 0
     first = (tmp_path / "same" / "weights" / "last.pt").read_bytes()
     assert entrypoint(args) == 0
