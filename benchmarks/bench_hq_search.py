@@ -34,7 +34,7 @@ import time
 import warnings
 from pathlib import Path
 
-from common import run_main
+from common import cpu_name, md_table, run_main, verdict, write_md
 
 SPEED_TARGET = 15.0  # sklearn time / ours, at least
 INERTIA_TARGET = 1.05  # ours / sklearn inertia, at most, for every layer at every k
@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sk-dtype", choices=("float32", "float64"), default="float32",
                    help="dtype given to scikit-learn (float32 = the weights as the reference passes them; float64 "
                         "runs faster on some machines)")
+    p.add_argument("--out", type=Path, help="also write the verdicts as markdown (e.g. benchmarks/results/hq_search.md)")
     p.add_argument("--compare-all-k", action=argparse.BooleanOptionalAction, default=True,
                    help="untimed pass comparing inertia at every k = 4..256 (the slow part; default on)")
     args = p.parse_args(argv)
@@ -211,6 +212,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inertia  {worst:7.4f}    target <= {INERTIA_TARGET}    {'PASS' if worst <= INERTIA_TARGET else 'FAIL'}"
               "  (max over layers and k of ours/sklearn)")
     print(f"bits     {agree:7.1%}    target >= {AGREE_TARGET:.0%}     {'PASS' if agree >= AGREE_TARGET else 'FAIL'}")
+    if args.out:
+        rows = [("search time", f"{t_sk:.2f} s", f"{t_ours:.3f} s", f"{speed:.1f}x faster", f">= {SPEED_TARGET:g}x",
+                 verdict(speed >= SPEED_TARGET)),
+                ("inertia, worst layer and k (ours / sklearn)", "", "", "n/a" if worst is None else f"{worst:.4f}",
+                 f"<= {INERTIA_TARGET}", verdict(None if worst is None else worst <= INERTIA_TARGET)),
+                ("same bits chosen", "", "", f"{same}/{len(weights)} layers ({agree:.1%})", f">= {AGREE_TARGET:.0%}",
+                 verdict(agree >= AGREE_TARGET))]
+        write_md(args.out, [
+            "# HQ bit search: ghost's 1-D k-means vs scikit-learn KMeans (benchmarks/bench_hq_search.py)", "",
+            f"`python benchmarks/bench_hq_search.py{' --quick' if args.quick else ''}`: {len(weights)} conv layers "
+            f"({sum(sizes):,} weights) of {source}, threshold {args.threshold}, {args.threads} threads, "
+            f"scikit-learn {sklearn.__version__} on {args.sk_dtype}; {cpu_name()}.", "",
+            *md_table(("measurement", "scikit-learn", "ghost", "result", "target", "verdict"), rows), ""])
+        print(f"(saved to {args.out})")
     return 0
 
 
