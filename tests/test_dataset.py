@@ -199,3 +199,19 @@ def test_disk_cache_follows_a_replaced_ir_image(tmp_path):
     for cache in (False, "disk"):
         im = build(yaml_path, cache=cache).load_image(0)[0]
         assert im[..., 3].max() == 0, cache  # the replaced (black) IR band, not the cached one
+
+
+def test_pair_cache_is_only_read_by_the_same_pairing(tmp_path):
+    """A pair cache's name says what it stacks: another modality or pairing never reads it, even if it was tampered."""
+    root = make_suffix_set(tmp_path / "d", n=2)
+    yaml_path = write_yaml(root)
+    ds = build(yaml_path, cache="disk")
+    np.save(ds.npy_files[0], np.zeros_like(np.load(ds.npy_files[0])))  # a cache this dataset wrote, now wrong
+    assert build(yaml_path).load_image(0)[0].max() == 0  # same pairing and modality: Ultralytics' rule, cache read
+    rgb = build(yaml_path, modality="rgb")
+    ir = build(yaml_path, modality="ir")
+    filled = build(yaml_path, ghost={"fill_missing": True})
+    names = {ds.npy_files[0], rgb.npy_files[0], ir.npy_files[0], filled.npy_files[0]}
+    assert len(names) == 4 and all(n.parent == ds.npy_files[0].parent for n in names)
+    for other in (rgb, ir, filled):
+        assert other.load_image(0)[0].max() > 0  # its own pair, read from the images

@@ -63,6 +63,15 @@ def test_float_config_and_optional_keys():
     assert QuantConfig.from_dict({"quantizer": "lsq", "bits": {}}).bits == 8  # an empty map means 8 bit
 
 
+def test_requantizing_keeps_output_grids():
+    """Quantizing again without out_quant keeps the output grids the model has, and the YAML still says so."""
+    m = quantize_model(_model(), bits=8, enabled=False, out_quant=True)
+    quantize_model(m, bits=8, enabled=False, out_quant=False)
+    assert QuantConfig.of(m).out_bits == 8 and output_quantizers(m)
+    r = GhostDetectionModel(deepcopy(m.yaml), ch=4, nc=2, verbose=False)
+    assert r.state_dict().keys() == m.state_dict().keys()
+
+
 def test_policy_reads_detect_branches():
     """The head's kept convs are the last conv of each Detect box/class branch, found through the module itself."""
     m = quantize_model(_model(), bits=4)
@@ -136,6 +145,11 @@ def test_quantized_export_defaults_to_onnx(tmp_path, monkeypatch):
     f = _model()
     f.args = {"imgsz": IMGSZ}
     assert exporter.export_model(f, {}, {}, tmp_path / "best.pt") == "torchscript:False"  # float: Ultralytics' default
+    # quantizers switched off (a float-phase checkpoint, a float self) compute in float: every format, as usual
+    off = quantize_model(_model(), bits=4, enabled=False)
+    off.args = {"imgsz": IMGSZ}
+    assert exporter.export_model(off, {"format": "openvino"}, {}, tmp_path / "best.pt") == "openvino:False"
+    assert exporter.export_model(off, {}, {}, tmp_path / "best.pt") == "torchscript:False"
 
 
 def test_phase_callbacks_run_first_once(tmp_path):

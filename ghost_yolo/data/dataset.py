@@ -217,6 +217,19 @@ class PairedDataset(YOLODataset):
                             for f in self.im_files]
         return self.label_files
 
+    @property
+    def npy_files(self) -> list[Path]:
+        """The .npy pair caches, named after the colour image and what the pair holds
+        (``0001_co.rgbir-1a2b3c4d.npy``: modality, then a hash of the pairing and ``fill_missing``), so a cache is only
+        ever read by a dataset that stacks the same files the same way."""
+        return self._npy_files
+
+    @npy_files.setter
+    def npy_files(self, files: list[Path]) -> None:
+        """Ultralytics assigns ``<image>.npy`` names; keep them pair-specific."""
+        tag = get_hash([str(self.pairing), f"fill_missing={self.fill_missing}"])[:8]
+        self._npy_files = [Path(f).with_suffix(f".{self.modality.replace('+', '')}-{tag}.npy") for f in files]
+
     def get_cache_hash(self) -> str:
         """Include IR partners, the pairing and ``fill_missing`` in the cache hash so a change rescans."""
         keys = [str(self.pairing), f"fill_missing={self.fill_missing}", super().get_cache_hash()]
@@ -268,8 +281,8 @@ class PairedDataset(YOLODataset):
         ``ultralytics.data.base``. That name is wrapped once (``_imread``) to read the pair of the file asked for while
         a paired dataset is loading on the calling thread, and to be Ultralytics' own ``imread`` otherwise. The .npy
         cache (named after the colour image) follows Ultralytics' rules: reused when present and not older than the
-        colour image, rewritten when its channel count is not this modality's; a cache older than the IR half is
-        dropped first (``drop_stale_cache``).
+        colour image; a cache older than the IR half is dropped first (``drop_stale_cache``). Its name says what it
+        stacks (``npy_files``), so another modality or pairing never reads it.
         """
         if self.ims[i] is None:
             self.drop_stale_cache(i)
@@ -290,7 +303,10 @@ class PairedDataset(YOLODataset):
             return
         ir = self.halves(self.im_files[i])[1]
         if ir and Path(ir).exists() and Path(ir).stat().st_mtime > fn.stat().st_mtime:
-            fn.unlink(missing_ok=True)
+            try:
+                fn.unlink(missing_ok=True)
+            except OSError as e:  # a read-only dataset: nothing ghost wrote can be there to go stale
+                LOGGER.warning(f"{self.prefix}cannot remove the stale pair cache {fn}: {e}")
 
     # Augmentation -----------------------------------------------------------------------------------------------------
     def build_transforms(self, hyp: Any = None):

@@ -77,11 +77,9 @@ def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict
     """
     from ghost_yolo.cfg import ghost_defaults, split_ghost_args
     from ghost_yolo.data.io import modality_for_channels
-    from ghost_yolo.quant import is_quantized
-
     stock, ghost = split_ghost_args(kwargs)
     opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
-    quantized = is_quantized(model)
+    quantized = bool(active_qconvs(model))  # quantizers on below 32 bit (a float self or float-phase model is float)
     fmt = str(stock.get("format") or "").lower()
     if not fmt and quantized:  # Ultralytics' default (torchscript) cannot hold a quantized model
         LOGGER.info(f"{colorstr('ghost:')} quantized model: exporting format=onnx (integer QDQ)")

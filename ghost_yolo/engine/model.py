@@ -147,7 +147,7 @@ class GhostYOLO(Model):
         from ghost_yolo.quant import average_bits, is_quantized, to_float_self
         from ghost_yolo.quant.config import quant_enabled
 
-        name = self.ckpt_path or self.model_name
+        name = getattr(self.model, "pt_path", None) or self.ckpt_path or self.model_name
         if not as_float:
             if is_quantized(self.model) and quant_enabled(self.model) and not quiet:
                 LOGGER.info(f"{colorstr('ghost:')} {verb} the quantized model {name} ({average_bits(self.model):.2f} "

@@ -65,6 +65,7 @@ def quant_report(trainer: Any) -> dict[str, Any] | None:
                         "epoch": int(trainer.args.fp_epochs or 0) or None},
     }
 
+
 def summary_dict(trainer: Any) -> dict[str, Any]:
     """What ``summary.json`` holds: the run's setup, final metrics, and float vs quantized figures."""
     model = unwrap_model(trainer.model)
@@ -94,6 +95,7 @@ def summary_dict(trainer: Any) -> dict[str, Any]:
         "weights": {"best": str(trainer.best), "last": str(trainer.last),
                     "best_fp": str(trainer.wdir / "best_fp.pt") if (trainer.wdir / "best_fp.pt").exists() else None},
     }
+
 
 def summary_text(trainer: Any) -> str:
     """Plain-text summary: model, modality, data, accuracy, float self vs quantized, weights, the next commands."""

@@ -112,11 +112,12 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: 
         keep_first: Keep the first layer's convs at 8 bit when ``bits`` is one width.
         keep_head: Keep the head's prediction convs at 8 bit when ``bits`` is one width.
         enabled: Start with the quantizers on (off: float until ``set_quant_enabled(model, True)``).
-        out_quant: Also quantize every conv block's output to 8 bit (``QuantAct``), as integer ONNX runs it.
+        out_quant: Also quantize every conv block's output to 8 bit (``QuantAct``), as integer ONNX runs it (output
+            grids a model already has are kept either way).
     """
     old = QuantConfig.of(model)
     config = QuantConfig(quantizer=quantizer, bits=bits, keep_first=bool(keep_first), keep_head=bool(keep_head),
-                         enabled=bool(enabled), out_bits=OUT_BITS if out_quant else None,
+                         enabled=bool(enabled), out_bits=OUT_BITS if out_quant else (old.out_bits if old else None),
                          float_bn=bool(old and old.float_bn), extra=old.extra if old else {})
     return prepare(model, config)
 
