@@ -240,9 +240,9 @@ def bench_modality(args: argparse.Namespace, data_yaml: Path, root: Path) -> lis
     for modality in ("rgb", "ir", "rgb+ir"):
         name = modality.replace("+", "_")
         run = train_arm("ghost-n.yaml", data_yaml, project, name, args.mod_epochs, args, modality=modality,
-                        bits="hq", hq_threshold=args.hq_threshold)
+                        bits="hq", hq_threshold=args.hq_threshold, kd="ost", float_self="shared")
         q = json.loads((run / "summary.json").read_text())["quantization"]
-        f50, q50 = (100 * (q[k]["mAP50"] or 0) for k in ("float", "quantized"))
+        f50, q50 = (100 * (q[k]["mAP50"] or 0) for k in ("float_start", "quantized"))
         rows.append(f"| {modality} | {f50:.1f} | {q50:.1f} | {q['avg_w_bits']:.2f} |")
         print(f"  {modality}: float {f50:.1f} quantized {q50:.1f}", flush=True)
     budget = (f"Budget: ghost-n from scratch, {args.mod_epochs} epochs ({args.mod_epochs // 2} float, then HQ at threshold "
