@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from ultralytics.nn.modules import DFL, Conv, Detect
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ghost_yolo.nn.qconv import OUT_BITS, QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import FLOAT_BITS, QUANTIZERS, check_bits
@@ -56,14 +57,9 @@ __all__ = (
 KEEP_BITS = 8  # width of the layers the policy keeps at high precision (first conv, head prediction convs)
 
 
-def _modules(model: nn.Module) -> nn.Module:
-    """The module that holds the layers (a DetectionModel, or any module)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Every conv that can be quantized, by state-dict name in network order (DFL's fixed integral conv excluded)."""
-    model = _modules(model)
+    model = unwrap_model(model)
     skip = {id(m.conv) for m in model.modules() if isinstance(m, DFL)}
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in skip}
 
@@ -84,7 +80,7 @@ def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
     The first layer is everything in ``model.0`` (a plain first conv, or both streams of a dual-stream stem); the
     head's prediction convs are the last conv of every box and class branch of a ``Detect`` head.
     """
-    model = _modules(model)
+    model = unwrap_model(model)
     names = {id(m): n for n, m in conv_layers(model).items()}
     first = [names[id(m)] for m in model.model[0].modules() if id(m) in names] if hasattr(model, "model") else []
     if not first and names:
@@ -133,7 +129,7 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
         raise ValueError(f"unknown quantizer '{quantizer}': use one of {', '.join(QUANTIZERS)}")
     if QUANTIZERS[quantizer][1].needs_relu:
         check_relu(model, quantizer)
-    root = _modules(model)
+    root = unwrap_model(model)
     for name, conv in conv_layers(root).items():
         if isinstance(conv, QConv2d):
             if conv.quantizer != quantizer:
@@ -164,7 +160,7 @@ def convert(model: nn.Module) -> nn.Module:
     quantized conv is folded into it after the weight is quantized, so the folded weight stays on the conv's integer
     grid and the converted model computes what the unconverted one did. Float convs are left for Ultralytics' fuse.
     """
-    root = _modules(model)
+    root = unwrap_model(model)
     drop_float_bn(root, keep="quantized")
     for m in root.modules():
         if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, QConv2d):
@@ -176,7 +172,7 @@ def convert(model: nn.Module) -> nn.Module:
 
 def output_quantizers(model: nn.Module) -> dict[str, QuantAct]:
     """The conv-block output quantizers (``QuantAct``) of a model, by name."""
-    return {n: m for n, m in _modules(model).named_modules() if isinstance(m, QuantAct)}
+    return {n: m for n, m in unwrap_model(model).named_modules() if isinstance(m, QuantAct)}
 
 
 def uniform_bits(model: nn.Module, bits: int, keep_first: bool = True, keep_head: bool = True) -> dict[str, int]:
@@ -189,7 +185,7 @@ def uniform_bits(model: nn.Module, bits: int, keep_first: bool = True, keep_head
 
 def check_relu(model: nn.Module, quantizer: str = "dorefa") -> None:
     """DoReFa clamps activations to [0, 1]: refuse models whose convs use another activation (such as SiLU)."""
-    acts = {type(m.act).__name__ for m in _modules(model).modules() if isinstance(getattr(m, "act", None), nn.Module)
+    acts = {type(m.act).__name__ for m in unwrap_model(model).modules() if isinstance(getattr(m, "act", None), nn.Module)
             and not isinstance(m.act, (nn.Identity, nn.ReLU))}
     if acts:
         raise ValueError(f"quantizer={quantizer} clamps activations to [0, 1] and needs a ReLU model, but this model uses "
@@ -213,14 +209,14 @@ def set_bits(model: nn.Module, bits: dict[str, int]) -> None:
                          "('ghost info model=...' lists them all)")
     for n, b in bits.items():
         layers[n].bits = check_bits(b, f"bits[{n}]")
-    update_quant_config(_modules(model), bits=get_bits(model))
+    update_quant_config(unwrap_model(model), bits=get_bits(model))
 
 
 def set_quant_enabled(model: nn.Module, on: bool) -> None:
     """Switch every quantizer on or off, without copying the model (off: the same weights compute in float)."""
     for m in quant_layers(model).values():
         m.quant_enabled = on
-    update_quant_config(_modules(model), enabled=bool(on))
+    update_quant_config(unwrap_model(model), enabled=bool(on))
 
 
 @contextmanager
@@ -232,7 +228,7 @@ def float_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     layers = quant_layers(model)
     states = {n: m.quant_enabled for n, m in layers.items()}
-    bns = float_bn_layers(_modules(model))
+    bns = float_bn_layers(unwrap_model(model))
     bn_states = [m.use_float for m in bns]
     try:
         for m in layers.values():
@@ -256,7 +252,7 @@ def drop_float_bn(model: nn.Module, keep: str = "quantized") -> int:
     """
     if keep not in {"quantized", "float"}:
         raise ValueError(f"keep={keep!r}: use 'quantized' or 'float'")
-    root = _modules(model)
+    root = unwrap_model(model)
     n = 0
     for m in list(root.modules()):
         for attr, child in list(m.named_children()):
@@ -275,7 +271,7 @@ def drop_float_bn(model: nn.Module, keep: str = "quantized") -> int:
 def add_float_self(model: nn.Module) -> int:
     """Give the model a float self's BatchNorm set (in place, recorded in its quantization config so every rebuild has
     it); both sets start equal. Returns how many BatchNorms were switched."""
-    root = _modules(model)
+    root = unwrap_model(model)
     n = add_float_bn(root)
     update_quant_config(root, float_bn=True)
     return n
@@ -287,7 +283,7 @@ def to_float_self(model: nn.Module) -> nn.Module:
     Only models trained with a co-trained float self (``float_self=cotrain``) carry that BatchNorm set; for others the
     latent weights in float mode are not a model anybody trained, so this refuses them.
     """
-    root = _modules(model)
+    root = unwrap_model(model)
     if not has_float_bn(root):
         raise ValueError("this model has no float self: only runs with a co-trained float self (kd with "
                          "float_self=cotrain) train one; evaluate it as the quantized model (as_float=False)")
@@ -303,7 +299,7 @@ def calibrate(model: nn.Module, images: torch.Tensor, recalibrate: bool = True) 
     Runs in training mode (so activations look like they will in training) with BN momentum at 0; layers calibrate in
     forward order, each on the input produced by the already-quantized layers before it.
     """
-    root = _modules(model)
+    root = unwrap_model(model)
     layers = quant_layers(root)
     if recalibrate:
         for m in layers.values():

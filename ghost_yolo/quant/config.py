@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
+from ultralytics.utils.torch_utils import unwrap_model
 
 __all__ = ("QuantConfig", "quant_enabled", "update_quant_config")
 
@@ -72,22 +73,17 @@ class QuantConfig:
     @classmethod
     def of(cls, model: nn.Module) -> QuantConfig | None:
         """The config recorded on ``model`` (a DetectionModel or its DDP wrapper), or None for a float model."""
-        return cls.from_yaml(getattr(_owner(model), "yaml", None))
+        return cls.from_yaml(getattr(unwrap_model(model), "yaml", None))
 
     def write(self, model: nn.Module) -> None:
         """Record this config on ``model`` (no-op for modules without a YAML, such as a bare ``nn.Sequential``)."""
-        owner = _owner(model)
+        owner = unwrap_model(model)
         if isinstance(getattr(owner, "yaml", None), dict):
             owner.yaml[SECTION] = self.to_dict()
 
     def replace(self, **changes: Any) -> QuantConfig:
         """A copy with ``changes``."""
         return replace(self, **changes)
-
-
-def _owner(model: nn.Module) -> nn.Module:
-    """The module whose YAML holds the config (unwraps DDP / DataParallel)."""
-    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
 
 
 def update_quant_config(model: nn.Module, **changes: Any) -> QuantConfig | None:

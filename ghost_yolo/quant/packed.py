@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 
-from ghost_yolo.nn.qconv import QConv2d
+from .qdq import active_qconvs
 
 __all__ = ("MAGIC", "load_packed", "pack_codes", "save_packed", "unpack_codes")
 
@@ -65,17 +65,12 @@ def _fused_copy(model: nn.Module) -> nn.Module:
     return m.fuse(verbose=False) if hasattr(m, "fuse") else m
 
 
-def _active(model: nn.Module) -> dict[str, QConv2d]:
-    """Quantized convs that compute on an integer grid."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QConv2d) and m.weight_quant.active}
-
-
 def save_packed(model: nn.Module, path: str | Path, names: dict | None = None, args: dict | None = None) -> Path:
     """Write ``model`` (a quantized ghost model, fused here) as a packed ``.ghost`` file; returns its path."""
     from ghost_yolo.quant.accounting import cost_totals, layer_costs
 
     fused = _fused_copy(model)
-    layers = _active(fused)
+    layers = active_qconvs(fused)
     if not layers:
         raise ValueError("format=ghost packs quantized weights, but every layer of this model is float (32 bit): "
                          "train with bits=hq (or bits=4, ...) first, or export format=onnx")
@@ -152,7 +147,7 @@ def load_packed(path: str | Path) -> nn.Module:
     model = GhostDetectionModel(yaml, ch=yaml.get("channels"), nc=yaml.get("nc"), verbose=False)
     model.eval()
     model.fuse(verbose=False)
-    layers = _active(model)
+    layers = active_qconvs(model)
     state = {}
     for e in header["tensors"]:
         buf = payload[e["offset"] : e["offset"] + e["nbytes"]]
