@@ -33,7 +33,8 @@ MODES = {
     "train": "train a detector (no arguments: ghost-n on the built-in vedai-synth demo data)",
     "val": "validate a trained model (.pt or .onnx) on its data or data=...",
     "predict": "detect on image pairs: a folder (either pairing convention), a_co.png, or two paths",
-    "export": "export a trained model: format=onnx (integer QDQ for quantized models; int4=True), format=ghost (packed)",
+    "export": "export a trained model: format=onnx (integer QDQ for quantized models; int4=True), format=ghost (packed); "
+              "other Ultralytics formats for float models",
     "search": "HQ bit-width search on a trained model (no training): per-layer table, bits.yaml and bits.png",
     "info": "per-layer params, MACs, bits and BOPs, size MB and GBOPs (the GHOST paper's counting); layers.csv",
     "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024]",
