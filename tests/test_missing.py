@@ -108,6 +108,11 @@ def test_modality_dropout_leaves_cached_images_intact(pairs_yaml):
         ds[i]
     kept = [im for im in ds.ims if im is not None]
     assert kept and all(not (im[..., 3] == FILL).all() and not (im[..., :3] == FILL).all() for im in kept)
+    # the transform itself never writes into the array it is given (in the pipeline that may be the cached image)
+    img = ds.ims[next(i for i, im in enumerate(ds.ims) if im is not None)]
+    before = img.copy()
+    out = ModalityDropout(1.0, ("ir",))({"img": img})["img"]
+    assert np.array_equal(img, before) and (out[..., 3] == FILL).all()
 
 
 def test_modality_dropout_only_in_training(pairs_yaml):

@@ -297,14 +297,38 @@ def test_frozen_float_self_teaches_and_resumes(trained, synth_yaml, tmp_path):
 
     def grab(trainer):
         d = trainer.model.distiller
-        seen["path"], seen["mode"] = d.teacher.path, d.float_self
+        seen["path"], seen["mode"], seen["own"] = d.teacher.path, d.float_self, d.teacher.own
+        seen["describe"] = d.describe()
 
     resumed = GhostYOLO(run / "weights" / "last.pt")
     resumed.add_callback("on_train_start", grab)
     resumed.train(resume=True, workers=0)
-    assert seen == {"path": str(run / "weights" / "float_teacher.pt"), "mode": "frozen"}
+    assert seen.pop("describe").endswith("from its float self, frozen at the start of the quantized phase, constant "
+                                         "weight schedule")
+    assert seen == {"path": str(run / "weights" / "float_teacher.pt"), "mode": "frozen", "own": True}
     rows = read_csv(run / "results.csv")
     assert [int(float(r["epoch"])) for r in rows] == [1, 2] and float(rows[1]["train/kd_loss"]) > 0
+
+    # a run that starts quantized (fine-tuning the quantized checkpoint) never passes the quantized start: its float
+    # self is frozen at set-up, never the live shared-BatchNorm self
+    seen.clear()
+    tuned = GhostYOLO(run / "weights" / "last.pt")
+    tuned.add_callback("on_train_start", grab)
+    tuned.train(data=str(synth_yaml), kd="cls+dfl", epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
+                name="tune", plots=False, val=False, seed=0)
+    assert seen["own"] and seen["path"] == str(tmp_path / "tune" / "weights" / "float_teacher.pt")
+
+
+def test_describe_names_the_teacher():
+    """The summary's distillation line names a teacher= checkpoint as such, and the frozen float self as the self."""
+    from ghost_yolo.distill import ExternalTeacher
+
+    m = tiny_quant_model(kd="cls", float_self="frozen")
+    d = m.distiller
+    d.teacher = ExternalTeacher(deepcopy(m), "other/best.pt")
+    assert "from frozen teacher other/best.pt" in d.describe()
+    d.teacher = ExternalTeacher(deepcopy(m), "run/weights/float_teacher.pt", own=True)
+    assert "from its float self, frozen at the start of the quantized phase" in d.describe()
 
 
 @pytest.mark.slow

@@ -226,9 +226,12 @@ class PairedDataset(YOLODataset):
 
     @npy_files.setter
     def npy_files(self, files: list[Path]) -> None:
-        """Ultralytics assigns ``<image>.npy`` names; keep them pair-specific."""
+        """Ultralytics assigns ``<image>.npy`` names (once, before any image is loaded or cached); keep them
+        pair-specific and drop the caches an IR image changed after (``drop_stale_cache``), once per dataset."""
         tag = get_hash([str(self.pairing), f"fill_missing={self.fill_missing}"])[:8]
         self._npy_files = [Path(f).with_suffix(f".{self.modality.replace('+', '')}-{tag}.npy") for f in files]
+        for i in range(len(self._npy_files)):
+            self.drop_stale_cache(i)
 
     def get_cache_hash(self) -> str:
         """Include IR partners, the pairing and ``fill_missing`` in the cache hash so a change rescans."""
@@ -281,17 +284,14 @@ class PairedDataset(YOLODataset):
         ``ultralytics.data.base``. That name is wrapped once (``_imread``) to read the pair of the file asked for while
         a paired dataset is loading on the calling thread, and to be Ultralytics' own ``imread`` otherwise. The .npy
         cache (named after the colour image) follows Ultralytics' rules: reused when present and not older than the
-        colour image; a cache older than the IR half is dropped first (``drop_stale_cache``). Its name says what it
-        stacks (``npy_files``), so another modality or pairing never reads it.
+        colour image; a cache older than its IR half was dropped when the dataset was built (``npy_files``). Its name
+        says what it stacks, so another modality or pairing never reads it.
         """
-        if self.ims[i] is None:
-            self.drop_stale_cache(i)
         with self.reading_pairs():
             return super().load_image(i, rect_mode, resize_short)
 
     def cache_images_to_disk(self, i: int) -> None:
         """Cache the stacked pair, not just the colour image, as .npy (``BaseDataset.cache_images_to_disk``)."""
-        self.drop_stale_cache(i)
         with self.reading_pairs():
             super().cache_images_to_disk(i)
 

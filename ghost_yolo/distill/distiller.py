@@ -106,8 +106,8 @@ class Distiller(nn.Module):
 
     def describe(self) -> str:
         """One line for logs and the run summary."""
-        teacher = ("its float self, frozen at the start of the quantized phase" if self.float_self == "frozen" else
-                   f"frozen teacher {self.teacher.path}" if self.teacher else
+        teacher = (f"frozen teacher {self.teacher.path}" if self.teacher and not self.teacher.own else
+                   "its float self, frozen at the start of the quantized phase" if self.float_self == "frozen" else
                    "its co-trained float self (own BatchNorm, own detection loss)" if self.cotrained else
                    "its float self (shared BatchNorm, no gradient)")
         terms = " + ".join(f"{k} x{w:g}" for k, w in self.weights.items())

@@ -159,9 +159,10 @@ class ExternalTeacher:
     ``teacher=`` when it resumes.
     """
 
-    def __init__(self, module: nn.Module | None = None, path: str | None = None):
-        """Wrap ``module`` (frozen, eval mode, no gradients) loaded from ``path``."""
-        self.module, self.path = module, path
+    def __init__(self, module: nn.Module | None = None, path: str | None = None, own: bool = False):
+        """Wrap ``module`` (frozen, eval mode, no gradients) loaded from ``path``; ``own``: it is the student's own
+        float self frozen at the quantized start (``float_self=frozen``), not a ``teacher=`` checkpoint."""
+        self.module, self.path, self.own = module, path, own
         if module is not None:
             module.eval()
             for p in module.parameters():

@@ -35,7 +35,8 @@ from ghost_yolo.quant import (
 )
 from ghost_yolo.quant.config import quant_enabled
 
-__all__ = ("PHASE_CALLBACKS", "advance_kd_schedule", "freeze_float_self", "log_gates", "start_quantized_phase")
+__all__ = ("PHASE_CALLBACKS", "advance_kd_schedule", "freeze_float_self", "freeze_if_already_quantized", "log_gates",
+           "start_quantized_phase")
 
 
 def _due(trainer: Any, event: str) -> bool:
@@ -101,7 +102,7 @@ def start_quantized_phase(trainer: Any) -> None:
 
 def freeze_float_self(trainer: Any, model: torch.nn.Module) -> None:
     """``float_self=frozen``: the float model as the quantized phase starts becomes the frozen teacher; it is saved
-    as ``weights/float_teacher.pt`` so that ``resume=True`` teaches with the same model."""
+    (fp32, as it teaches) as ``weights/float_teacher.pt`` so that ``resume=True`` teaches with the same model."""
     distiller = getattr(model, "distiller", None)
     if distiller is None or distiller.float_self != "frozen" or distiller.teacher:
         return
@@ -111,8 +112,24 @@ def freeze_float_self(trainer: Any, model: torch.nn.Module) -> None:
     path = trainer.wdir / "float_teacher.pt"
     if RANK in {-1, 0}:
         trainer.wdir.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": deepcopy(snapshot).half(), "train_args": {}, "epoch": -1}, path)
-    distiller.teacher = ExternalTeacher(snapshot, str(path))
+        torch.save({"model": snapshot, "train_args": {}, "epoch": -1}, path)
+    distiller.teacher = ExternalTeacher(snapshot, str(path), own=True)
+
+
+def freeze_if_already_quantized(trainer: Any) -> None:
+    """A run that starts quantized (fine-tuning a quantized checkpoint, or resuming without ``float_teacher.pt``)
+    never passes the quantized start: freeze its float self now, so ``float_self=frozen`` never silently teaches with
+    the live shared-BatchNorm self."""
+    model = unwrap_model(trainer.model)
+    distiller = getattr(model, "distiller", None)
+    if not quant_enabled(model) or distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+        return
+    if RANK in {-1, 0}:
+        why = f"no {trainer.wdir / 'float_teacher.pt'} to resume with" if trainer.args.resume else \
+            "the model starts quantized"
+        LOGGER.warning(f"float_self=frozen: {why}; freezing its float self as it is now (quantizers bypassed, the "
+                       "quantized path's BatchNorm)")
+    freeze_float_self(trainer, model)
 
 
 def advance_kd_schedule(trainer: Any, event: str) -> None:
@@ -158,7 +175,7 @@ def _schedule(event: str) -> Callable[[Any], None]:
 
 # event -> ghost's callbacks for it, in order; they run before the user's callbacks for the same event
 PHASE_CALLBACKS: dict[str, list[Callable[[Any], None]]] = {
-    "on_pretrain_routine_end": [_start_if_due("on_pretrain_routine_end")],
+    "on_pretrain_routine_end": [_start_if_due("on_pretrain_routine_end"), freeze_if_already_quantized],
     "on_train_epoch_start": [_start_if_due("on_train_epoch_start"), _schedule("on_train_epoch_start")],
     "on_train_batch_start": [_schedule("on_train_batch_start")],
     "on_train_epoch_end": [log_gates],

@@ -49,7 +49,8 @@ class GhostPredictor(DetectionPredictor):
         pairing = Pairing(**{k: str(v) for k, v in names.items() if v}) if any(names.values()) else None
         self.drop_modality = check_drop_modality(getattr(self.args, "drop_modality", None), self.modality)
         if is_paired_source(source) and (self.modality != "rgb" or looks_paired(source, pairing)):
-            pairs = find_pairs(source, pairing, fill_missing=bool(getattr(self.args, "fill_missing", False)))
+            fill = bool(getattr(self.args, "fill_missing", False)) and self.modality == "rgb+ir"  # as the dataset
+            pairs = find_pairs(source, pairing, fill_missing=fill)
             source = LoadImagePairs(pairs, self.modality, batch=self.args.batch)
         super().setup_source(source, stride)
 

@@ -154,6 +154,7 @@ class GhostTrainer(DetectionTrainer):
         if teacher:
             distiller.teacher = load_teacher(teacher, model, distiller.layers or layers, device=self.device,
                                              head=distiller.needs_head)
+            distiller.teacher.own = teacher == str(resumed_teacher)
         elif float_self == "cotrain":
             add_float_self(model)  # before the optimizer is built: its float BatchNorm set trains from the start
         model.distiller = distiller
