@@ -179,10 +179,6 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
     if mode == "predict" and overrides.get("source") is None:
         raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
     source = overrides.pop("source", None) if mode == "predict" else None
-    if mode == "train" and overrides.get("folds") not in (None, ""):
-        from ghost_yolo.engine.folds import train_folds
-
-        return train_folds(model or "ghost-n.yaml", **overrides)  # one run per fold, folds.csv, mean ± std
     m = GhostYOLO(model or "ghost-n.yaml")
     if mode in TOOL_KEYS:
         kw = {k: overrides[k] for k in TOOL_KEYS[mode] if k in overrides}
