@@ -173,3 +173,40 @@ def test_phase_callbacks_run_first_once(tmp_path):
         phases.PHASE_CALLBACKS["on_train_epoch_end"] = saved
     assert order == ["ghost", "user", "ghost", "user"]
     assert len(shared["on_train_epoch_end"]) == len(callbacks.get_default_callbacks()["on_train_epoch_end"]) + 1
+
+
+def test_kd_schedule_progress_and_float_bn_sync():
+    """The distiller's progress runs from 0 at the quantized start to 1 at the end, batch by batch; cosine then scales
+    the kd term to 0.01 of its weight. sync_float_bn starts the float self's BatchNorm from the quantized path's."""
+    from types import SimpleNamespace
+
+    from conftest import fake_batch, tiny_quant_model
+
+    from ghost_yolo.engine.phases import advance_kd_schedule
+    from ghost_yolo.nn.switch_bn import sync_float_bn
+
+    m = tiny_quant_model(kd="cls", float_self="cotrain")
+    t = SimpleNamespace(model=m, args=SimpleNamespace(fp_epochs=2), epochs=4, train_loader=[None] * 5, epoch=0)
+    seen = []
+    for epoch in (2, 3):
+        t.epoch = epoch
+        advance_kd_schedule(t, "on_train_epoch_start")
+        for _ in range(5):
+            advance_kd_schedule(t, "on_train_batch_start")
+            seen.append(m.distiller.progress)
+    assert seen == pytest.approx([i / 10 for i in range(10)])
+    d = m.distiller
+    d.schedule = "cosine"
+    d.progress = 0.0
+    full = float(m.loss(fake_batch())[1]["kd_loss"])
+    d.progress = 1.0
+    assert float(m.loss(fake_batch())[1]["kd_loss"]) == pytest.approx(0.01 * full, rel=1e-4)
+
+    bns = float_bn_layers(m)
+    with torch.no_grad():
+        for bn in bns:
+            bn.running_mean.add_(1.0)  # the quantized path's statistics move; the float set still holds the old ones
+    assert not all(torch.equal(bn.running_mean, bn.float_bn.running_mean) for bn in bns)
+    sync_float_bn(m)
+    assert all(torch.equal(bn.running_mean, bn.float_bn.running_mean) and torch.equal(bn.weight, bn.float_bn.weight)
+               for bn in bns)

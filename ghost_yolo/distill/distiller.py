@@ -224,7 +224,8 @@ class Distiller(nn.Module):
         if unknown:
             raise ValueError(f"unknown distillation loss(es) {unknown}: known {', '.join(KD_LOSSES)}")
         terms = {n: KD_LOSSES[n].build(model, layers, channels, args) for n in names}
-        scale = float(args.get("kd_weight", 1.0) if args.get("kd_weight") is not None else 1.0)
+        w = args.get("kd_weight")
+        scale = 1.0 if w is None else float(w)  # not `or`: kd_weight=0 must stay 0
         weights = {n: KD_LOSSES[n].default_weight * scale for n in names}
         needs_layers = any(t.needs_layers for t in terms.values())
         return cls(terms, weights, layers if needs_layers else [], float_self=str(args.get("float_self") or "frozen"),

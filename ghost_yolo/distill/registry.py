@@ -117,10 +117,10 @@ def register_kd_loss(cls: type[KDLoss]) -> type[KDLoss]:
 
 def parse_kd(spec: Any) -> list[str]:
     """``kd`` to a list of loss names: ``none`` -> [], ``auto`` -> ['auto'], ``cls+dfl`` -> ['cls', 'dfl']."""
-    if spec in (None, False, "", "none", "None"):
+    if spec in (None, False):
         return []
     text = str(spec).strip().lower()
-    if text in {"none", "false", "off"}:
+    if text in {"", "none", "false", "off"}:
         return []
     if text == "auto":
         return ["auto"]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ("SwitchableBatchNorm2d", "add_float_bn", "float_bn_layers", "has_float_bn", "sync_float_bn",
-           "use_float_bn")
+__all__ = ("SwitchableBatchNorm2d", "add_float_bn", "float_bn_layers", "has_float_bn", "sync_float_bn")
 
 
 class SwitchableBatchNorm2d(nn.BatchNorm2d):
@@ -84,12 +83,3 @@ def sync_float_bn(model: nn.Module) -> None:
     """Start the float self's BatchNorms from the quantized path's (at the start of the quantized phase)."""
     for m in float_bn_layers(model):
         m.sync_float()
-
-
-def use_float_bn(model: nn.Module, on: bool) -> dict[int, bool]:
-    """Switch every switchable BatchNorm to the float set (``on``) or the quantized set; returns the previous states."""
-    previous = {}
-    for m in float_bn_layers(model):
-        previous[id(m)] = m.use_float
-        m.use_float = bool(on)
-    return previous
