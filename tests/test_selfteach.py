@@ -105,6 +105,23 @@ def test_fused_quantized_model_carries_no_float_bn():
         assert torch.equal(a(x)[0], b(x)[0])
 
 
+@pytest.mark.parametrize("kd", ["ost", "cls+dfl"])
+def test_weight_zero_leaves_no_gradient_behind(kd):
+    """A zero-weighted distiller gives every parameter the gradient plain QAT gives it, bit for bit, and the loss's
+    own parameters (OST's gate) none at all: zeros would still enter the clip norm and AdamW's weight decay, which
+    made kd_weight=0 drift from plain QAT on some CPUs."""
+    batch = fake_batch()
+    zero = tiny_quant_model(kd=kd, float_self="shared", weight=0.0)
+    plain = deepcopy(zero)
+    del plain.distiller
+    zero.loss(batch)[0].sum().backward()
+    plain.loss(batch)[0].sum().backward()
+    assert all(p.grad is None for p in zero.distiller.parameters())
+    grads = {k: p.grad for k, p in plain.named_parameters() if p.grad is not None}
+    assert grads and grads.keys() == {k for k, p in zero.named_parameters() if p.grad is not None}
+    assert all(torch.equal(grads[k], p.grad) for k, p in zero.named_parameters() if k in grads)
+
+
 @pytest.mark.slow
 def test_weight_zero_reproduces_plain_qat(synth_yaml, trained, tmp_path):
     """kd=ost with kd_weight=0 (shared float self) trains exactly the weights plain QAT trains for the same seed."""

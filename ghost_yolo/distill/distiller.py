@@ -172,12 +172,19 @@ class Distiller(nn.Module):
         total = aux = None
         values = {}
         for name, term in self.terms.items():
+            weight = self.weights[name] * scale
+            if weight == 0:  # measured, but kept out of the graph: its zero gradients would still enter the clip
+                with torch.no_grad():  # norm and weight decay of the loss's own parameters (OST's gate)
+                    value, _ = term(student, teacher)
+                values[f"kd_{name}"] = value.new_zeros(())
+                total = value.new_zeros(()) if total is None else total
+                continue
             value, extra = term(student, teacher)
-            weighted = self.weights[name] * scale * value
+            weighted = weight * value
             values[f"kd_{name}"] = weighted.detach()
             total = weighted if total is None else total + weighted
             if extra is not None:  # a loss's own parameters (OST's gate) learn as strongly as kd_weight asks
-                extra = extra * (scale * self.weights[name] / term.default_weight if term.default_weight else scale)
+                extra = extra * (weight / term.default_weight if term.default_weight else scale)
                 aux = extra if aux is None else aux + extra
         return total, (total.new_zeros(()) if aux is None else aux), values
 
