@@ -82,7 +82,7 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
     from ultralytics.cfg import get_cfg
 
     from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
     from ghost_yolo.quant import calibrate, quantize_model
 
     torch.manual_seed(0)

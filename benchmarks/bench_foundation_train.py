@@ -53,7 +53,7 @@ def build_model(args: argparse.Namespace, ch: int):
     import torch
     from ultralytics.cfg import get_cfg
 
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
 
     torch.manual_seed(args.seed)
     model = GhostDetectionModel(args.model, ch=ch, nc=len(NAMES), verbose=False)

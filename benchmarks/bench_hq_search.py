@@ -85,7 +85,7 @@ def load_weights(path: Path | None) -> tuple[dict, str]:
     """{conv name: float32 weight} from a checkpoint, or from a random-init ghost-n; plus a description."""
     import torch
 
-    from ghost_yolo.nn.model import GhostDetectionModel  # importing ghost_yolo registers what a checkpoint unpickles
+    from ghost_yolo.models.model import GhostDetectionModel  # importing ghost_yolo registers what a checkpoint unpickles
 
     if path:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)

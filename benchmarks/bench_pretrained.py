@@ -7,7 +7,7 @@ Protocol (one process, one seed, fixed budget; vedai-synth rgb+ir, 400 train / 1
    (``modality=rgb``, 3 channels) for ``--pre-epochs`` epochs. Its ``best.pt`` is the 3-channel pretrained model.
 2. Every arm then trains a 4-channel (R, G, B, IR) float ghost-n for ``--ft-epochs`` epochs with the same settings:
    - ``seeded``: ``model=rgb.pt`` with ghost's ``load`` (IR filters = 3/4 x mean of the colour filters, colour filters
-     x 3/4; ``ghost_yolo/nn/pretrained.py``);
+     x 3/4; ``ghost_yolo/models/pretrained.py``);
    - ``partial copy``: the same, with Ultralytics' ``BaseModel.load`` (colour filters copied, IR filters random: the
      old behaviour);
    - ``scratch``: ``model=ghost-n.yaml``, no pretrained weights;
@@ -64,7 +64,7 @@ def ultralytics_load() -> Iterator[None]:
     """Ghost models load pretrained weights with Ultralytics' own ``BaseModel.load`` inside the block (old behaviour)."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
 
     ghost_load = GhostDetectionModel.load
     GhostDetectionModel.load = DetectionModel.load

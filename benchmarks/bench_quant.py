@@ -68,7 +68,7 @@ def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
     from ultralytics.cfg import get_cfg
 
     from ghost_yolo.cfg import ghost_defaults
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
     from ghost_yolo.quant import calibrate, quantize_model
 
     batch = real_batch(data_yaml, args.imgsz, 8)

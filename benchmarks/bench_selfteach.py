@@ -269,7 +269,7 @@ def build_step_arm(name: str, batch: dict):
 
     from ghost_yolo.cfg import ghost_defaults
     from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels, parse_kd
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
     from ghost_yolo.quant import add_float_self, calibrate, quantize_model
 
     torch.manual_seed(0)

@@ -11,7 +11,13 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: no
 __version__ = "0.1.0"
 
 from ghost_yolo.engine import GhostPredictor, GhostTrainer, GhostValidator, GhostYOLO
-from ghost_yolo.nn import DualStreamStem, GhostDetectionModel
+from ghost_yolo.models import GhostDetectionModel, model as _model_module
+from ghost_yolo.nn import DualStreamStem
+
+import sys as _sys
+
+# Checkpoints written before the model moved to ghost_yolo.models pickled it as ghost_yolo.nn.model
+_sys.modules.setdefault("ghost_yolo.nn.model", _model_module)
 
 __all__ = (
            "DualStreamStem",

@@ -174,7 +174,7 @@ def tiny_quant_model(kd: str = "cls+dfl", float_self: str = "cotrain", weight: f
     from ultralytics.utils import DEFAULT_CFG
 
     from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels, parse_kd
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
     from ghost_yolo.quant import add_float_self, calibrate, quantize_model
 
     torch.manual_seed(0)

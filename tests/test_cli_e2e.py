@@ -220,7 +220,7 @@ def test_python_export_prints_ghost_hints(log, monkeypatch):
     from ultralytics.engine.exporter import Exporter
     from ultralytics.utils import LOGGER
 
-    from ghost_yolo.engine.exporter import GhostExporter
+    from ghost_yolo.export.exporter import GhostExporter
 
     def stock_call(self, model):  # what Exporter.__call__ ends with, without an actual export
         LOGGER.info("\nPredict:         yolo predict task=detect model=m.onnx imgsz=64 ")

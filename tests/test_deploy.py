@@ -22,14 +22,14 @@ from ghost_yolo.quant import (
     quant_layers,
     quantize_model,
 )
-from ghost_yolo.quant.packed import (
+from ghost_yolo.export.packed import (
     MAGIC,
     PackedFormatError,
     load_packed,
     pack_codes,
     unpack_codes,
 )
-from ghost_yolo.quant.qdq import QDQConv, active_qconvs
+from ghost_yolo.export.qdq import QDQConv, active_qconvs
 
 
 def _val_images(synth_yaml: Path, n: int = 8) -> torch.Tensor:
@@ -278,7 +278,7 @@ def test_dynamic_integer_onnx(w4_model, synth_yaml):
 def test_quantized_dual_stream_model_exports(synth_yaml, tmp_path):
     """A quantized dual-stream model (squeeze-excite: a global mean, exported as ReduceMean) exports to integer ONNX
     and onnxruntime reproduces the fused PyTorch model."""
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
 
     torch.manual_seed(0)
     net = GhostDetectionModel("ghost-n-dual.yaml", ch=4, nc=8, verbose=False)

@@ -26,7 +26,7 @@ from ghost_yolo.distill import (
     scm_gate,
 )
 from ghost_yolo.distill.scm import logistic_noise
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 from ghost_yolo.quant import average_bits, quant_layers, set_bits
 
 

@@ -15,7 +15,7 @@ import torch
 from conftest import IMGSZ, read_csv
 
 from ghost_yolo import GhostYOLO
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 
 
 def _val_pair(synth_yaml: Path) -> Path:
@@ -164,7 +164,7 @@ def test_act_relu_is_local_to_model():
     """`act: ReLU` switches that model's activations without leaking into later models."""
     from ultralytics.nn.modules import Conv
 
-    from ghost_yolo.nn.model import load_model_yaml
+    from ghost_yolo.models.model import load_model_yaml
 
     cfg = {**load_model_yaml("ghost-n.yaml"), "act": "ReLU"}
     cfg.pop("activation", None)

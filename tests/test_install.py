@@ -18,7 +18,7 @@ def test_wheel_ships_cfg_and_resolves_names(tmp_path):
                    check=True, capture_output=True)
     code = (
         "import ghost_yolo, pathlib; from ghost_yolo.cfg import resolve_yaml; "
-        "from ghost_yolo.nn.model import GhostDetectionModel; "
+        "from ghost_yolo.models.model import GhostDetectionModel; "
         "m = resolve_yaml('ghost-n.yaml', 'models'); d = resolve_yaml('vedai-synth', 'datasets'); "
         "print(ghost_yolo.__file__); print(m); print(d); "
         "print(GhostDetectionModel('ghost-n-dual.yaml', ch=4, nc=8, verbose=False).yaml['channels'])"

@@ -17,7 +17,7 @@ from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
 from ghost_yolo.data.io import load_pair
 from ghost_yolo.data.missing import FILL, ModalityDropout, check_drop_modality, check_modality_dropout
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 
 
 def blanked(img: torch.Tensor) -> tuple[bool, bool]:

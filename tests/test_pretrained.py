@@ -19,8 +19,8 @@ from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
 from ghost_yolo.engine.trainer import GhostTrainer
 from ghost_yolo.nn.fusion import DualStreamStem
-from ghost_yolo.nn.model import GhostDetectionModel
-from ghost_yolo.nn.pretrained import BANDS, band_mixing
+from ghost_yolo.models.model import GhostDetectionModel
+from ghost_yolo.models.pretrained import BANDS, band_mixing
 
 NC = 8
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import IMGSZ
 
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 from ghost_yolo.nn.switch_bn import float_bn_layers
 from ghost_yolo.quant import (
     QUANTIZERS,
@@ -123,7 +123,7 @@ def test_register_quantizer():
 @pytest.mark.parametrize("fmt", ["torchscript", "openvino", "coreml", "engine"])
 def test_quantized_export_refuses_other_formats(fmt, tmp_path):
     """A quantized model asked for a format that cannot hold it is refused with the reason and the formats that can."""
-    from ghost_yolo.engine.exporter import export_model
+    from ghost_yolo.export.exporter import export_model
 
     m = quantize_model(_model(), bits=4)
     m.args = {"imgsz": IMGSZ}
@@ -135,7 +135,7 @@ def test_quantized_export_refuses_other_formats(fmt, tmp_path):
 
 def test_quantized_export_defaults_to_onnx(tmp_path, monkeypatch):
     """No format: a quantized model goes to the integer ONNX route (Ultralytics' torchscript default cannot hold it)."""
-    from ghost_yolo.engine import exporter
+    from ghost_yolo.export import exporter
 
     monkeypatch.setattr(exporter.GhostExporter, "__call__", lambda self, model: f"{self.args.format}:{self.int4}")
     m = quantize_model(_model(), bits=4)

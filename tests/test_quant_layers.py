@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from ultralytics.nn.modules import Conv
 
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 from ghost_yolo.nn.qconv import QConv2d
 from ghost_yolo.nn.quantizers import (
     DoReFaAct,

@@ -24,7 +24,7 @@ from ghost_yolo.distill import (
     PassOutputs,
     parse_kd,
 )
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 from ghost_yolo.nn.switch_bn import SwitchableBatchNorm2d, float_bn_layers
 from ghost_yolo.quant import drop_float_bn, float_mode, to_float_self
 

@@ -19,7 +19,7 @@ from ultralytics.utils import LOGGER, colorstr
 
 from ghost_yolo.cfg import resolve_yaml, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 
 from .predictor import GhostPredictor
 from .trainer import GhostTrainer
@@ -62,7 +62,7 @@ class GhostYOLO(Model):
         """Load ``.pt``/``.onnx`` like Ultralytics, and packed ``.ghost`` checkpoints into an equivalent fused model."""
         if Path(weights).suffix.lower() != ".ghost":
             return super()._load(weights, task)
-        from ghost_yolo.quant.packed import load_packed
+        from ghost_yolo.export.packed import load_packed
 
         self.model = load_packed(weights)
         self.ckpt = None
@@ -245,9 +245,9 @@ class GhostYOLO(Model):
 
         ``format=ghost`` writes the packed checkpoint (weights bit-packed at their own widths), loadable with
         ``GhostYOLO('model.ghost')``. Other formats of a quantized model are refused with the reason; every route is
-        decided in ``engine.exporter.export_model``.
+        decided in ``export.exporter.export_model``.
         """
-        from .exporter import export_model
+        from ghost_yolo.export.exporter import export_model
 
         self._check_is_pytorch_model()
         as_float = kwargs.pop("as_float", False)

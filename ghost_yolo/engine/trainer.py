@@ -26,7 +26,7 @@ from ghost_yolo.distill import (
     parse_kd,
     parse_kd_layers,
 )
-from ghost_yolo.nn.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel
 from ghost_yolo.quant import (
     FakeQuantizer,
     add_float_self,

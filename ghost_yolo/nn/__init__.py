@@ -1,7 +1,7 @@
-"""Neural network pieces: modality fusion blocks, fake quantizers, the quantized conv and the ghost detection model."""
+"""Neural network layers: modality fusion blocks, fake quantizers, the quantized conv and switchable BatchNorm (the
+models built from them live in ``ghost_yolo.models``)."""
 
 from .fusion import DualStreamStem, ModalityAttention, SqueezeExcite
-from .model import GhostDetectionModel, load_model_yaml
 from .qconv import QConv2d
 from .quantizers import (
            QUANTIZERS,
@@ -18,11 +18,9 @@ __all__ = (
            "DoReFaWeight",
            "DualStreamStem",
            "FakeQuantizer",
-           "GhostDetectionModel",
            "LSQAct",
            "LSQWeight",
            "ModalityAttention",
            "QConv2d",
            "SqueezeExcite",
-           "load_model_yaml",
 )

@@ -140,7 +140,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
 
 def load_packed(path: str | Path) -> nn.Module:
     """Rebuild the fused inference model stored in a ``.ghost`` file (equal outputs to the model that was packed)."""
-    from ghost_yolo.nn.model import GhostDetectionModel
+    from ghost_yolo.models.model import GhostDetectionModel
 
     header, payload = read_header(path)
     yaml = header["yaml"]

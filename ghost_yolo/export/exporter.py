@@ -9,7 +9,7 @@ math or convert from a float graph, and no tested runtime then computes in integ
 
 Float models export exactly as with Ultralytics. For a quantized model, ``export_onnx`` takes the 8-bit output grids
 of the block convs from training (``out_quant=True``; older models get them fitted on a few images of the model's
-data), swaps every quantized conv for its Q/DQ form (``ghost_yolo.quant.qdq``), lets Ultralytics trace, simplify and
+data), swaps every quantized conv for its Q/DQ form (``ghost_yolo.export.qdq``), lets Ultralytics trace, simplify and
 add metadata, then stores the weights as int8 (or INT4) initializers.
 """
 
@@ -24,7 +24,7 @@ import torch
 from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import DEFAULT_CFG, LOGGER, colorstr
 
-from ghost_yolo.quant.qdq import (
+from ghost_yolo.export.qdq import (
     active_qconvs,
     calibrate_outputs,
     finalize_qdq,
@@ -44,7 +44,7 @@ QUANTIZED_FORMATS = {
 def export_packed(model: torch.nn.Module, path: Path, overrides: dict[str, Any]) -> str:
     """``format=ghost``: the packed ``.ghost`` checkpoint next to the source checkpoint."""
     from ghost_yolo.cfg import split_ghost_args
-    from ghost_yolo.quant.packed import save_packed
+    from ghost_yolo.export.packed import save_packed
 
     return str(save_packed(model, path.with_suffix(".ghost"), names=model.names, args=split_ghost_args(overrides)[0]))
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .fusion import DualStreamStem
+from ghost_yolo.nn.fusion import DualStreamStem
 
 __all__ = ("BANDS", "band_mixing", "describe_mixing", "seed_first_layer")
 

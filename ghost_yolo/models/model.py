@@ -19,7 +19,7 @@ from ultralytics.utils.torch_utils import initialize_weights
 
 from ghost_yolo.cfg import resolve_yaml
 
-from .fusion import DualStreamStem
+from ghost_yolo.nn.fusion import DualStreamStem
 from .pretrained import seed_first_layer
 
 # Blocks a YAML may name that Ultralytics does not know: name -> (class, stand-in used while parsing).
