@@ -81,9 +81,10 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
     """ghost-n in float, at W4 (calibrated), and at W4 with the OST distiller on its default layers."""
     from ultralytics.cfg import get_cfg
 
-    from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels
+    from ghost_yolo.distill import DistillRecipe
+    from ghost_yolo.engine.setup import setup_qat
     from ghost_yolo.models.model import GhostDetectionModel
-    from ghost_yolo.quant import calibrate, quantize_model
+    from ghost_yolo.quant import QuantRecipe
 
     torch.manual_seed(0)
     base = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
@@ -91,14 +92,11 @@ def build_arms(batch: dict, names: tuple[str, ...] = ARMS) -> dict[str, torch.nn
     arms = {}
     for name in names:
         m = deepcopy(base)
-        if name != "float":
-            quantize_model(m, bits=4, out_quant=_defaults()["out_quant"])  # as the trainer does
-            calibrate(m, batch["img"])
-        if name.startswith("QAT+OST"):
-            layers = default_kd_layers(m)
-            m.distiller = Distiller.from_spec(m, ["ost"], layers, feature_channels(m, layers),
-                                              {**_defaults(), "float_self": "shared",
-                                               "bf16_teacher": False if name == FP32_TEACHER else None})
+        if name != "float":  # the trainer's set-up, started at once on the batch
+            quant = QuantRecipe.from_args(bits=4)
+            distill = DistillRecipe.from_args({}, quant, m, kd="ost", float_self="shared") \
+                if name.startswith("QAT+OST") else None
+            setup_qat(m, quant, distill, images=batch["img"], bf16_teacher=False if name == FP32_TEACHER else None)
         arms[name] = m.train()
     return arms
 

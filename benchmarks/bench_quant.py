@@ -67,9 +67,9 @@ def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
     """Interleaved medians of float, W8A8 and W4A4 training steps on the same batch and weights."""
     from ultralytics.cfg import get_cfg
 
-    from ghost_yolo.cfg import ghost_defaults
+    from ghost_yolo.engine.setup import setup_qat
     from ghost_yolo.models.model import GhostDetectionModel
-    from ghost_yolo.quant import calibrate, quantize_model
+    from ghost_yolo.quant import QuantRecipe
 
     batch = real_batch(data_yaml, args.imgsz, 8)
     torch.manual_seed(0)
@@ -77,8 +77,7 @@ def bench_step(args: argparse.Namespace, data_yaml: Path) -> list[str]:
     base.args = get_cfg()
     arms = {"float": base, "W8A8": deepcopy(base), "W4A4": deepcopy(base)}
     for name, bits in (("W8A8", 8), ("W4A4", 4)):
-        quantize_model(arms[name], bits=bits, out_quant=ghost_defaults()["out_quant"])  # as the trainer does
-        calibrate(arms[name], batch["img"])
+        setup_qat(arms[name], QuantRecipe.from_args(bits=bits), images=batch["img"])  # the trainer's set-up
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in arms.items()}
 
     def step(k: str) -> float:

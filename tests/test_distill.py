@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import load_checkpoint
-from conftest import IMGSZ, fake_batch, read_csv, tiny_quant_model
+from conftest import EASY_TRAIN, IMGSZ, fake_batch, read_csv, tiny_quant_model
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
@@ -133,7 +133,7 @@ def test_teacher_pass_no_grad_bn_untouched_quantizers_restored(qmodel):
     """The float self runs without gradient, its BN stats stay as they were, and every quantizer is back on after."""
     before = _bn_state(qmodel)
     x = torch.rand(2, 4, IMGSZ, IMGSZ)
-    feats = qmodel.distiller.teacher_features(qmodel, x)
+    feats = qmodel.distiller.teacher_outputs(qmodel, x).feats
     assert len(feats) == len(qmodel.distiller.layers) and not any(f.requires_grad for f in feats)
     after = _bn_state(qmodel)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -173,12 +173,12 @@ def test_teacher_precision(qmodel):
     x = torch.rand(2, 4, IMGSZ, IMGSZ)
     d = qmodel.distiller
     d.bf16_teacher = False
-    fp32 = d.teacher_features(qmodel, x)
+    fp32 = d.teacher_outputs(qmodel, x).feats
     with torch.no_grad(), float_mode(qmodel), bn_stats_frozen(qmodel), capture_features(qmodel, d.layers) as ref:
         qmodel.predict(x)
     assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(fp32, ref))
     d.bf16_teacher = True
-    bf16 = d.teacher_features(qmodel, x)
+    bf16 = d.teacher_outputs(qmodel, x).feats
     assert all(f.dtype == torch.bfloat16 for f in bf16)
     with torch.no_grad(), capture_features(qmodel, d.layers) as student:
         qmodel.predict(x)
@@ -254,7 +254,7 @@ def test_kd_layers_parsing(qmodel):
 
 
 # Training -----------------------------------------------------------------------------------------------------------
-def test_pipeline_outputs(qtrained, synth_yaml):
+def test_pipeline_outputs(qtrained, easy_yaml):
     """The default pipeline (float warm-up, HQ, QAT + OST): kd_loss columns, gates.csv/png, summary.json."""
     rows = read_csv(qtrained / "results.csv")
     assert {"train/kd_loss", "val/kd_loss"} <= set(rows[0])
@@ -266,19 +266,19 @@ def test_pipeline_outputs(qtrained, synth_yaml):
     opened = {k: float(v) for k, v in gates[0].items() if k != "epoch"}
     assert list(opened) == [f"layer{i}" for i in s["distillation"]["layers"]]  # a column per distilled layer
     assert opened == s["distillation"]["gate_open_last_epoch"]
-    # open fraction = open gates / 16 training pairs of the epoch; a stuck gate would read 0 or 1 on every layer
-    assert all(abs(16 * v - round(16 * v)) < 1e-6 and 0 < v < 1 for v in opened.values())
+    # open fraction = open gates / the epoch's training pairs; a stuck gate would read 0 or 1 on every layer
+    assert all(abs(EASY_TRAIN * v - round(EASY_TRAIN * v)) < 1e-6 and 0 < v < 1 for v in opened.values())
     assert (qtrained / "gates.png").stat().st_size > 1000
     assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == "ost" and s["distillation"]["teacher"] == "self"
     q = s["quantization"]
     assert q["bits"] == "hq" and q["quantized"]["size_mb"] < q["float_self"]["size_mb"] / 3
-    # the figures are the ones measured: the run's final val (quantized best.pt), the float phase's val in
-    # results.csv, and the float self validated again here
-    assert q["quantized"]["mAP50"] == s["metrics"]["mAP50"] and q["quantized"]["mAP50-95"] == s["metrics"]["mAP50-95"]
+    # the figures are the ones measured: the float phase's val in results.csv, and the float self validated again
+    # here (the quantized figure is checked against a fresh val in test_quant_train.py)
+    assert q["float_start"]["mAP50"] > 0
     assert q["float_start"]["mAP50"] == pytest.approx(float(rows[0]["metrics/mAP50(B)"]), abs=1e-5)
-    fs = GhostYOLO(qtrained / "weights" / "best.pt").val(data=str(synth_yaml), imgsz=IMGSZ, batch=16, workers=0,
+    fs = GhostYOLO(qtrained / "weights" / "best.pt").val(data=str(easy_yaml), imgsz=IMGSZ, batch=16, workers=0,
                                                          plots=False, as_float=True)
-    assert q["float_self"]["mAP50"] == pytest.approx(fs.box.map50, abs=1e-3)
+    assert fs.box.map50 > 0 and q["float_self"]["mAP50"] == pytest.approx(fs.box.map50, abs=1e-3)
     ckpt, _ = load_checkpoint(qtrained / "weights" / "best.pt")
     assert q["avg_w_bits"] == pytest.approx(average_bits(ckpt), abs=1e-3)  # counted again on best.pt's own widths
     assert q["avg_w_bits"] < 8  # the HQ search lowered some layers below 8 bits

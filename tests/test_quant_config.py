@@ -20,7 +20,8 @@ from ghost_yolo.quant import (
     output_quantizers,
     policy_layers,
     prepare,
-    quant_enabled,
+    QuantState,
+    quant_state,
     quant_layers,
     quantize_model,
     register_quantizer,
@@ -44,21 +45,21 @@ def test_config_round_trip_and_rebuild():
     assert rec == cfg.replace(bits=get_bits(m)) and rec.bits == bits
     assert m.yaml["quant"] == rec.to_dict() and m.yaml["quant"]["note"] == "kept"
     assert QuantConfig.from_dict(rec.to_dict()) == rec
-    assert not quant_enabled(m) and float_bn_layers(m) and output_quantizers(m)
+    assert quant_state(m) is QuantState.PREPARED and float_bn_layers(m) and output_quantizers(m)
 
     r = GhostDetectionModel(deepcopy(m.yaml), ch=4, nc=2, verbose=False)
     assert get_bits(r) == bits and QuantConfig.of(r) == rec
     assert len(float_bn_layers(r)) == len(float_bn_layers(m)) and set(output_quantizers(r)) == set(output_quantizers(m))
     assert r.state_dict().keys() == m.state_dict().keys()
     set_quant_enabled(r, True)
-    assert quant_enabled(r) and r.yaml["quant"]["enabled"] is True
+    assert quant_state(r) is QuantState.ACTIVE and r.yaml["quant"]["enabled"] is True
 
 
 def test_float_config_and_optional_keys():
     """A float model records nothing; optional parts stay out of the YAML unless set (older checkpoints read alike)."""
     m = _model()
-    assert QuantConfig.of(m) is None and not quant_enabled(m)
-    quantize_model(m, bits=4)
+    assert QuantConfig.of(m) is None and quant_state(m) is QuantState.FLOAT
+    quantize_model(m, bits=4, out_quant=False)
     assert set(m.yaml["quant"]) == {"quantizer", "bits", "keep_first", "keep_head", "enabled"}
     assert QuantConfig.from_dict({"quantizer": "lsq", "bits": {}}).bits == 8  # an empty map means 8 bit
 

@@ -10,13 +10,16 @@ from .cwd import ChannelWiseLoss, channel_wise_kl
 from .dfl import BoxDistributionLoss, box_distribution_kl
 from .distiller import FLOAT_SELF_MODES, SCHEDULES, Distiller
 from .ost import OSTDistiller, OSTLoss, attention_value, layer_distance
-from .registry import AUTO_KD, AUTO_KD_WITH_TEACHER, KD_LOSSES, KDLoss, PassOutputs, head_outputs, parse_kd, register_kd_loss
+from .auto import AUTO_KD_EVIDENCE, AUTO_KD_WITH_TEACHER, resolve_auto_kd
+from .recipe import DistillRecipe
+from .registry import KD_LOSSES, KDLoss, PassOutputs, head_outputs, parse_kd, register_kd_loss
 from .scm import logistic_noise, scm_gate
 from .teacher import (
     ExternalTeacher,
     capture_features,
     default_kd_layers,
     feature_channels,
+    freeze_float_self,
     load_teacher,
     native_bf16_cpu,
     parse_kd_layers,
@@ -24,7 +27,7 @@ from .teacher import (
 )
 
 __all__ = (
-    "AUTO_KD",
+    "AUTO_KD_EVIDENCE",
     "AUTO_KD_WITH_TEACHER",
     "FLOAT_SELF_MODES",
     "KD_LOSSES",
@@ -32,6 +35,7 @@ __all__ = (
     "BoxDistributionLoss",
     "ChannelWiseLoss",
     "ClassScoreLoss",
+    "DistillRecipe",
     "Distiller",
     "ExternalTeacher",
     "KDLoss",
@@ -45,6 +49,7 @@ __all__ = (
     "class_score_kl",
     "default_kd_layers",
     "feature_channels",
+    "freeze_float_self",
     "head_outputs",
     "layer_distance",
     "load_teacher",
@@ -53,6 +58,7 @@ __all__ = (
     "parse_kd",
     "parse_kd_layers",
     "register_kd_loss",
+    "resolve_auto_kd",
     "scm_gate",
     "teacher_autocast",
 )

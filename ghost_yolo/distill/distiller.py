@@ -1,6 +1,6 @@
 """The distiller: runs the teacher pass, the chosen distillation losses and the weight schedule, attached to a model.
 
-``model.distiller`` is called from ``GhostDetectionModel.loss`` in the quantized phase. It knows three teachers:
+``model.distiller`` is called from ``GhostDetectionModel.loss`` in the quantized phase. It knows four teachers:
 
 - ``float_self="cotrain"``: the model's own float self (quantizers bypassed, its own BatchNorm set), trained every step
   with its own detection loss; the student learns from its detached outputs; one optimizer step over the summed
@@ -26,8 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ghost_yolo.quant.apply import float_mode
-from ghost_yolo.quant.config import quant_enabled
+from ghost_yolo.quant.apply import QuantState, float_mode, quant_state
 
 from .registry import KD_LOSSES, KDLoss, PassOutputs, head_outputs
 from .teacher import ExternalTeacher, bn_stats_frozen, capture_features, teacher_autocast
@@ -61,7 +60,7 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, terms: dict[str, KDLoss], weights: dict[str, float], layers: Sequence[int],
-                 float_self: str = "frozen", schedule: str = "constant", bf16_teacher: bool | None = None):
+                 float_self: str, schedule: str, bf16_teacher: bool | None = None):
         """Hold the losses; the trainer sets ``teacher`` and the schedule's progress."""
         super().__init__()
         if not terms:
@@ -127,7 +126,7 @@ class Distiller(nn.Module):
     # Passes -------------------------------------------------------------------------------------------------------
     def active(self, model: nn.Module) -> bool:
         """Distil only in the quantized phase (before it the float self would teach itself: nothing to learn)."""
-        return quant_enabled(model)
+        return quant_state(model) is QuantState.ACTIVE
 
     def _run(self, net: nn.Module, img: torch.Tensor, full: bool) -> tuple[PassOutputs, Any]:
         """One forward of ``net`` capturing ``layers``: (what the losses read, the raw predictions or None).
@@ -155,10 +154,6 @@ class Distiller(nn.Module):
         with float_mode(net), frozen, teacher_autocast(img.device, getattr(self, "bf16_teacher", None)):
             out, _ = self._run(net, img, full=self.needs_head)
         return out
-
-    def teacher_features(self, model: nn.Module, img: torch.Tensor) -> list[torch.Tensor]:
-        """The no-gradient teacher's features at ``layers``."""
-        return self.teacher_outputs(model, img).feats
 
     # Loss ---------------------------------------------------------------------------------------------------------
     def zero_items(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -224,16 +219,20 @@ class Distiller(nn.Module):
         return torch.cat(parts), {**items, **kd_items, **fp_items}
 
     @classmethod
-    def from_spec(cls, model: nn.Module, names: Sequence[str], layers: Sequence[int], channels: Sequence[int],
-                  args: dict[str, Any]) -> Distiller:
-        """Build the named losses for ``model`` from the trainer's kd keys (``kd_weight``, ``float_self``, ...)."""
+    def from_recipe(cls, model: nn.Module, recipe: Any, bf16_teacher: bool | None = None) -> Distiller:
+        """The distiller a ``DistillRecipe`` asks for, for ``model``: its losses on the recipe's layers, weighted by
+        ``kd_weight``, with the recipe's float self mode and schedule (the teacher itself is attached by the set-up)."""
+        from .teacher import feature_channels, parse_kd_layers
+
+        names = recipe.losses
         unknown = [n for n in names if n not in KD_LOSSES]
-        if unknown:
-            raise ValueError(f"unknown distillation loss(es) {unknown}: known {', '.join(KD_LOSSES)}")
-        terms = {n: KD_LOSSES[n].build(model, layers, channels, args) for n in names}
-        w = args.get("kd_weight")
-        scale = 1.0 if w is None else float(w)  # not `or`: kd_weight=0 must stay 0
-        weights = {n: KD_LOSSES[n].default_weight * scale for n in names}
+        if not names or unknown:
+            raise ValueError(f"unknown distillation loss(es) {unknown or names}: known {', '.join(KD_LOSSES)}")
+        layers = parse_kd_layers(recipe.kd_layers, model)
+        channels = feature_channels(model, layers)
+        keys = recipe.args()
+        terms = {n: KD_LOSSES[n].build(model, layers, channels, keys) for n in names}
+        weights = {n: KD_LOSSES[n].default_weight * recipe.kd_weight for n in names}
         needs_layers = any(t.needs_layers for t in terms.values())
-        return cls(terms, weights, layers if needs_layers else [], float_self=str(args.get("float_self") or "frozen"),
-                   schedule=str(args.get("kd_schedule") or "constant"), bf16_teacher=args.get("bf16_teacher"))
+        return cls(terms, weights, layers if needs_layers else [], float_self=recipe.float_self,
+                   schedule=recipe.kd_schedule, bf16_teacher=bf16_teacher)

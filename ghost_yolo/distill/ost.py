@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,6 +88,8 @@ class OSTLoss(KDLoss):
     name = "ost"
     default_weight = 10.0  # README: a layer's distance is at most 4 / (H W); 10 keeps it a few % of the detection loss
     needs_layers = True
+    stats_file = "gates.csv"
+    stats_label = "OST gate open fraction by layer"
 
     def __init__(self, layers: Sequence[int], channels: Sequence[int], gate: bool = True, tau: float = 1.0):
         """Build one query and one key projection per distilled layer."""
@@ -106,7 +109,7 @@ class OSTLoss(KDLoss):
     @classmethod
     def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]) -> OSTLoss:
         """From the trainer's ``kd_gate`` and ``kd_tau``."""
-        return cls(layers, channels, gate=bool(args.get("kd_gate", True)), tau=float(args.get("kd_tau", 1.0)))
+        return cls(layers, channels, gate=bool(args["kd_gate"]), tau=float(args["kd_tau"]))
 
     def extra_repr(self) -> str:
         """Layers and gate settings in the module print."""
@@ -168,6 +171,16 @@ class OSTLoss(KDLoss):
             self.open_count += gates.sum(0).long()
             self.sample_count += gates.shape[0]
         return kd, gate_term
+
+    def summary(self, stats: dict[str, float] | None) -> dict[str, Any]:
+        """The gate setting and its last epoch's open fractions (``gates.csv``)."""
+        return {"gate": self.gated, "gate_open_last_epoch": stats}
+
+    def plot_stats(self, csv: Path, on_plot: Any = None) -> None:
+        """Heat map of the gates, epochs x layers (``gates.png``)."""
+        from ghost_yolo.utils.plotting import plot_gates
+
+        plot_gates(csv, csv.with_suffix(".png"), on_plot=on_plot)
 
     def epoch_stats(self, reset: bool = True) -> dict[int, float] | None:
         """Open fraction of each layer's gate since the last reset ({layer: fraction}; None before any step)."""

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-__all__ = ("AUTO_KD", "AUTO_KD_WITH_TEACHER", "KD_LOSSES", "KDLoss", "PassOutputs", "TemperatureKDLoss", "head_outputs",
+__all__ = ("KD_LOSSES", "KDLoss", "PassOutputs", "TemperatureKDLoss", "head_outputs",
            "parse_kd", "register_kd_loss")
 
 KD_LOSSES: dict[str, type[KDLoss]] = {}
-# What kd=auto means for a quantized run: a mode that met the gain target of benchmarks/bench_selfteach.py over paired
-# seeds (README: Self-distillation, "What the evidence says"); none met it, so quantized runs train without distillation
-AUTO_KD = "none"
-# kd=auto with an explicit teacher= (the user asked for distillation): the losses that measured best
-AUTO_KD_WITH_TEACHER = "cls+dfl"
 
 
 @dataclass
@@ -65,12 +61,16 @@ class KDLoss(nn.Module):
         default_weight: Factor on the loss when ``kd_weight=1`` (see the README for how each was chosen).
         needs_head: The teacher pass must run the Detect head (class scores, box distributions, head inputs).
         needs_layers: The loss reads the features of ``kd_layers``.
+        stats_file: The CSV in the run directory its ``epoch_stats`` are appended to each epoch (OST: gates.csv), or
+            None when it keeps none; ``stats_label`` names them in the log.
     """
 
     name: ClassVar[str] = ""
     default_weight: ClassVar[float] = 1.0
     needs_head: ClassVar[bool] = False
     needs_layers: ClassVar[bool] = False
+    stats_file: ClassVar[str | None] = None
+    stats_label: ClassVar[str] = ""
 
     @classmethod
     def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]) -> KDLoss:
@@ -85,11 +85,18 @@ class KDLoss(nn.Module):
         """Per-epoch statistics to log (and reset), e.g. OST's gate open fractions; None when it keeps none."""
         return None
 
+    def summary(self, stats: dict[str, float] | None) -> dict[str, Any]:
+        """What the run summary's distillation section says of this loss, given the last row of its ``stats_file``."""
+        return {}
+
+    def plot_stats(self, csv: Path, on_plot: Any = None) -> None:
+        """Plot its ``stats_file`` at the end of a run (nothing by default)."""
+
 
 class TemperatureKDLoss(KDLoss):
     """A loss that softens distributions at ``kd_temp`` (``dfl``, ``cwd``)."""
 
-    def __init__(self, temperature: float = 4.0):
+    def __init__(self, temperature: float):
         """``temperature``: T of the softmax on both sides (the loss is scaled by T^2, as usual in distillation)."""
         super().__init__()
         if temperature <= 0:
@@ -100,7 +107,7 @@ class TemperatureKDLoss(KDLoss):
     def build(cls, model: nn.Module, layers: Sequence[int], channels: Sequence[int], args: dict[str, Any]
               ) -> TemperatureKDLoss:
         """From the trainer's ``kd_temp``."""
-        return cls(float(args.get("kd_temp", 4.0)))
+        return cls(float(args["kd_temp"]))
 
     def extra_repr(self) -> str:
         """Temperature in the module print."""

@@ -22,6 +22,7 @@ from ultralytics.utils import LOGGER
 from ghost_yolo.quant.apply import float_mode, set_quant_enabled
 
 __all__ = (
+    "freeze_float_self",
     "ExternalTeacher",
     "bn_stats_frozen",
     "capture_features",
@@ -225,3 +226,18 @@ def load_teacher(path: str | Path, student: nn.Module, layers: Sequence[int], de
             raise ValueError(f"teacher={path} has reg_max={t_head.reg_max}, the student {s_head.reg_max}: box "
                              "distillation (kd=dfl) needs the same box distribution bins")
     return ExternalTeacher(teacher.to(device), str(path))
+
+
+def freeze_float_self(model: nn.Module) -> bool:
+    """``float_self=frozen``: the model's float self as it is now (quantizers bypassed, fp32) becomes its distiller's
+    frozen teacher; nothing to do for other teachers or one already frozen. Returns whether it froze one."""
+    from copy import deepcopy
+
+    distiller = getattr(model, "distiller", None)
+    if distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+        return False
+    snapshot = deepcopy(model)
+    del snapshot.distiller
+    set_quant_enabled(snapshot, False)
+    distiller.teacher = ExternalTeacher(snapshot.float(), None, own=True)
+    return True

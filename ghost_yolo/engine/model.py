@@ -144,12 +144,11 @@ class GhostYOLO(Model):
                                  f"{self.model}: an exported file holds only the model it was exported as")
             yield
             return
-        from ghost_yolo.quant import average_bits, is_quantized, to_float_self
-        from ghost_yolo.quant.config import quant_enabled
+        from ghost_yolo.quant import QuantState, average_bits, quant_state, to_float_self
 
         name = getattr(self.model, "pt_path", None) or self.ckpt_path or self.model_name
         if not as_float:
-            if is_quantized(self.model) and quant_enabled(self.model) and not quiet:
+            if quant_state(self.model) is QuantState.ACTIVE and not quiet:
                 LOGGER.info(f"{colorstr('ghost:')} {verb} the quantized model {name} ({average_bits(self.model):.2f} "
                             "average weight bits; as_float=True for its float self)")
             yield
@@ -165,61 +164,49 @@ class GhostYOLO(Model):
         finally:
             self.model = quantized
 
-    def search(self, hq_threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
-               keep_head: bool = True, save: bool = True, project: str | None = None, name: str | None = None,
-               exist_ok: bool = False, plots: bool = True, **kwargs: Any) -> dict[str, int]:
+    def search(self, save: bool = True, project: str | None = None, name: str | None = None, exist_ok: bool = False,
+               plots: bool = True, **kwargs: Any) -> dict[str, int]:
         """HQ bit-width search on this model's weights without training: prints the table, saves bits.yaml/bits.png.
 
-        Returns ``{layer: bits}``; pass the saved YAML as ``bits=path/bits.yaml`` to train with exactly these widths.
+        The search's keys (``hq_threshold``, ``bit_min``, ``bit_max``, ``keep_first``, ``keep_head``) come in
+        ``kwargs``, cfg/default.yaml's values where not given. Returns ``{layer: bits}``; pass the saved YAML as
+        ``bits=path/bits.yaml`` to train with exactly these widths.
         """
-        from ghost_yolo.quant import (
-            bits_table,
-            check_search_args,
-            hq_plan,
-            plot_bits,
-            save_bit_map,
-        )
+        from ghost_yolo.quant import QuantRecipe, bits_table, plot_bits, save_bit_map
 
         self._check_is_pytorch_model()
-        check_search_args(hq_threshold, bit_min, bit_max)
+        recipe = QuantRecipe.from_args(kwargs, bits="hq")
         if not getattr(self, "ckpt", None):
             LOGGER.warning("searching bits on a model with no trained weights (built from a YAML): the k-means "
                            "distortion of random initialisation says nothing about the trained model")
-        bits, dist = hq_plan(self.model, hq_threshold, bit_min, bit_max, keep_first, keep_head, progress=True)
-        LOGGER.info(bits_table(self.model, bits, dist, hq_threshold))
+        bits, dist = recipe.widths(self.model, progress=True)
+        LOGGER.info(bits_table(self.model, bits, dist, recipe.hq_threshold))
         if save:
             save_dir = self._save_dir("search", project, name, exist_ok)
             save_bit_map(bits, save_dir / "bits.yaml", model=self.ckpt_path or self.model_name,
-                         hq_threshold=hq_threshold, bit_min=bit_min, bit_max=bit_max)
+                         hq_threshold=recipe.hq_threshold, bit_min=recipe.bit_min, bit_max=recipe.bit_max)
             if plots:
-                plot_bits(bits, save_dir / "bits.png", title=f"HQ bits per layer (hq_threshold={hq_threshold})")
+                plot_bits(bits, save_dir / "bits.png", title=f"HQ bits per layer (hq_threshold={recipe.hq_threshold})")
             LOGGER.info(f"{colorstr('ghost:')} bit map saved to {save_dir / 'bits.yaml'} "
                         f"(train with bits={save_dir / 'bits.yaml'})")
         return bits
 
-    def quant_info(self, imgsz: int | list[int] = 640, bits: Any = None, hq_threshold: float = 0.1, bit_min: int = 2,
-                   bit_max: int = 8, keep_first: bool = True, keep_head: bool = True, save: bool = True,
-                   verbose: bool = True, project: str | None = None, name: str | None = None, exist_ok: bool = False,
-                   **kwargs: Any):
+    def quant_info(self, imgsz: int | list[int] = 640, bits: Any = None, save: bool = True, verbose: bool = True,
+                   project: str | None = None, name: str | None = None, exist_ok: bool = False, **kwargs: Any):
         """Per-layer size and BOPs (the GHOST paper's counting) as a pandas DataFrame; totals in ``df.attrs['totals']``.
 
-        ``bits`` counts the model as if it had those widths (a width, 'hq', a list or a bit map), without changing it.
+        ``bits`` counts the model as if it had those widths (a width, 'hq', a list or a bit map; the search's keys in
+        ``kwargs``), without changing it.
         """
-        from ghost_yolo.quant import (
-            format_costs,
-            layer_costs,
-            parse_bits,
-            quant_layers,
-            quantize_model,
-            resolve_bits,
-        )
+        from ghost_yolo.quant import QuantRecipe, format_costs, layer_costs, quant_layers, quantize_model
 
         self._check_is_pytorch_model()
         imgsz = tuple(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
         widths = None
-        if parse_bits(bits) is not None:
+        recipe = QuantRecipe.from_args(kwargs, bits=bits)
+        if recipe.bits is not None:
             probe = self.model if quant_layers(self.model) else quantize_model(deepcopy(self.model), enabled=False)
-            widths = resolve_bits(bits, probe, hq_threshold, bit_min, bit_max, keep_first, keep_head)
+            widths = recipe.widths(probe)[0]
         df = layer_costs(self.model, imgsz, bits=widths)
         if verbose:
             LOGGER.info(format_costs(df))

@@ -19,24 +19,22 @@ import torch.distributed as dist
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
-from ghost_yolo.distill import ExternalTeacher
-from ghost_yolo.nn.switch_bn import sync_float_bn
+from ghost_yolo.distill import freeze_float_self
 from ghost_yolo.quant import (
+    QuantState,
     average_bits,
     bits_table,
-    calibrate,
-    hq_plan,
     output_quantizers,
     plot_bits,
     quant_layers,
+    quant_state,
     save_bit_map,
-    set_bits,
-    set_quant_enabled,
 )
-from ghost_yolo.quant.config import quant_enabled
 
-__all__ = ("PHASE_CALLBACKS", "advance_kd_schedule", "freeze_float_self", "freeze_if_already_quantized", "log_gates",
-           "start_quantized_phase")
+from .setup import start_qat
+
+__all__ = ("PHASE_CALLBACKS", "advance_kd_schedule", "freeze_if_already_quantized", "log_epoch_stats",
+           "save_float_teacher", "start_quantized_phase")
 
 
 def _due(trainer: Any, event: str) -> bool:
@@ -48,11 +46,12 @@ def _due(trainer: Any, event: str) -> bool:
 
 
 def start_quantized_phase(trainer: Any) -> None:
-    """Choose the widths (HQ search or as given), switch quantizers on, calibrate them on a batch, restart EMA."""
+    """The quantized start in a run: the float metrics it starts from, then ``start_qat`` (widths, frozen float self,
+    quantizers on, calibration on a training batch), then the run's own state: DDP ranks share rank 0's quantizer
+    ranges, EMA and best fitness restart, the frozen float self is saved for resume, the widths are logged and saved."""
     model = unwrap_model(trainer.model)
-    layers = quant_layers(model)
-    if not layers or quant_enabled(model):
-        return
+    if quant_state(model) is not QuantState.PREPARED:
+        return  # a float run, or quantized already (fine-tuning a quantized checkpoint, resume)
     trainer.epoch = epoch = getattr(trainer, "epoch", trainer.start_epoch)
     if epoch > 0 and trainer.ema:  # continue from the averaged float weights that validation measured
         model.load_state_dict(trainer.ema.ema.state_dict(), strict=False)
@@ -65,23 +64,15 @@ def start_quantized_phase(trainer: Any) -> None:
         validator.args.plots = False
         metrics = validator(model=deepcopy(model).float())
         trainer.float_metrics = {k: v for k, v in (metrics or {}).items() if k.startswith("metrics/")}
-    args = trainer.args
-    if trainer.quant_spec == "hq":
-        if not trainer.trained_weights and epoch == 0:
-            LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
-                           "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
-        bits, distortions = hq_plan(model, args.hq_threshold, args.bit_min, args.bit_max, args.keep_first,
-                                    args.keep_head, progress=RANK in {-1, 0})
-        set_bits(model, bits)
-    else:
-        distortions = None
-    bits = {n: m.bits for n, m in layers.items()}
-    sync_float_bn(model)  # a co-trained float self starts from the float model's BatchNorm
-    freeze_float_self(trainer, model)
-    set_quant_enabled(model, True)
+    recipe = trainer.quant_recipe
+    if recipe.searches and not trainer.trained_weights and epoch == 0:
+        LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
+                       "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
     batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
-    calibrate(model, batch["img"])
+    bits, distortions = start_qat(model, recipe, batch["img"], progress=RANK in {-1, 0})
+    save_float_teacher(trainer, model)
     if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():  # ranks calibrated on their own batch
+        layers = quant_layers(model)
         outs = [m.quant for m in output_quantizers(model).values()]
         for q in [*(q for m in layers.values() for q in (m.weight_quant, m.input_quant)), *outs]:
             for t in (*q.parameters(), *q.buffers()):
@@ -91,6 +82,7 @@ def start_quantized_phase(trainer: Any) -> None:
     trainer.best_fitness = None
     trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, epoch
     if RANK in {-1, 0}:
+        args = trainer.args
         LOGGER.info(f"{colorstr('ghost:')} quantized phase from epoch {epoch + 1} ({args.quantizer}, "
                     f"average weight bits {average_bits(model):.2f}):\n"
                     + bits_table(model, bits, distortions, args.hq_threshold))
@@ -100,20 +92,17 @@ def start_quantized_phase(trainer: Any) -> None:
             plot_bits(bits, trainer.save_dir / "bits.png", title=f"bits per layer ({args.bits})")
 
 
-def freeze_float_self(trainer: Any, model: torch.nn.Module) -> None:
-    """``float_self=frozen``: the float model as the quantized phase starts becomes the frozen teacher; it is saved
-    (fp32, as it teaches) as ``weights/float_teacher.pt`` so that ``resume=True`` teaches with the same model."""
-    distiller = getattr(model, "distiller", None)
-    if distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+def save_float_teacher(trainer: Any, model: torch.nn.Module) -> None:
+    """Save a frozen float self (``float_self=frozen``, fp32, as it teaches) as ``weights/float_teacher.pt``, so that
+    ``resume=True`` teaches with the same model."""
+    teacher = getattr(getattr(model, "distiller", None), "teacher", None)
+    if not teacher or not teacher.own or teacher.path:
         return
-    snapshot = deepcopy(model)
-    del snapshot.distiller
-    set_quant_enabled(snapshot, False)
     path = trainer.wdir / "float_teacher.pt"
     if RANK in {-1, 0}:
         trainer.wdir.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": snapshot, "train_args": {}, "epoch": -1}, path)
-    distiller.teacher = ExternalTeacher(snapshot, str(path), own=True)
+        torch.save({"model": teacher.module, "train_args": {}, "epoch": -1}, path)
+    teacher.path = str(path)
 
 
 def freeze_if_already_quantized(trainer: Any) -> None:
@@ -122,14 +111,16 @@ def freeze_if_already_quantized(trainer: Any) -> None:
     the live shared-BatchNorm self."""
     model = unwrap_model(trainer.model)
     distiller = getattr(model, "distiller", None)
-    if not quant_enabled(model) or distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+    if quant_state(model) is not QuantState.ACTIVE or distiller is None or distiller.float_self != "frozen" \
+            or distiller.teacher:
         return
     if RANK in {-1, 0}:
         why = f"no {trainer.wdir / 'float_teacher.pt'} to resume with" if trainer.args.resume else \
             "the model starts quantized"
         LOGGER.warning(f"float_self=frozen: {why}; freezing its float self as it is now (quantizers bypassed, the "
                        "quantized path's BatchNorm)")
-    freeze_float_self(trainer, model)
+    freeze_float_self(model)
+    save_float_teacher(trainer, model)
 
 
 def advance_kd_schedule(trainer: Any, event: str) -> None:
@@ -146,19 +137,23 @@ def advance_kd_schedule(trainer: Any, event: str) -> None:
     trainer._kd_batch = getattr(trainer, "_kd_batch", 0) + 1
 
 
-def log_gates(trainer: Any) -> None:
-    """Log the SCM gates' open fraction per distilled layer for this epoch and append it to ``gates.csv``."""
+def log_epoch_stats(trainer: Any) -> None:
+    """Log each distillation loss's statistics for this epoch and append them to its CSV (OST: gate open fractions
+    per distilled layer in ``gates.csv``)."""
     distiller = getattr(unwrap_model(trainer.model), "distiller", None)
-    fractions = distiller.epoch_stats().get("ost") if distiller is not None else None
-    if fractions is None or RANK not in {-1, 0}:
+    if distiller is None:
         return
-    csv = trainer.save_dir / "gates.csv"
-    if not csv.exists():
-        csv.write_text("epoch," + ",".join(f"layer{i}" for i in fractions) + "\n")
-    with csv.open("a") as f:
-        f.write(f"{trainer.epoch + 1}," + ",".join(f"{v:.4f}" for v in fractions.values()) + "\n")
-    LOGGER.info(f"{colorstr('ghost:')} OST gate open fraction by layer: "
-                + " ".join(f"{i}:{v:.2f}" for i, v in fractions.items()))
+    stats = distiller.epoch_stats()
+    for name, term in distiller.terms.items():
+        values = stats.get(name)
+        if values is None or not term.stats_file or RANK not in {-1, 0}:
+            continue
+        csv = trainer.save_dir / term.stats_file
+        if not csv.exists():
+            csv.write_text("epoch," + ",".join(f"layer{i}" for i in values) + "\n")
+        with csv.open("a") as f:
+            f.write(f"{trainer.epoch + 1}," + ",".join(f"{v:.4f}" for v in values.values()) + "\n")
+        LOGGER.info(f"{colorstr('ghost:')} {term.stats_label}: " + " ".join(f"{i}:{v:.2f}" for i, v in values.items()))
 
 
 def _start_if_due(event: str) -> Callable[[Any], None]:
@@ -178,5 +173,5 @@ PHASE_CALLBACKS: dict[str, list[Callable[[Any], None]]] = {
     "on_pretrain_routine_end": [_start_if_due("on_pretrain_routine_end"), freeze_if_already_quantized],
     "on_train_epoch_start": [_start_if_due("on_train_epoch_start"), _schedule("on_train_epoch_start")],
     "on_train_batch_start": [_schedule("on_train_batch_start")],
-    "on_train_epoch_end": [log_gates],
+    "on_train_epoch_end": [log_epoch_stats],
 }

@@ -12,8 +12,7 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ghost_yolo.nn.switch_bn import has_float_bn
-from ghost_yolo.quant import layer_costs, quant_layers, set_quant_enabled, to_float_self
-from ghost_yolo.quant.config import quant_enabled
+from ghost_yolo.quant import QuantState, layer_costs, quant_state, set_quant_enabled, to_float_self
 
 __all__ = ("quant_report", "summary_dict", "summary_text", "validate_float_self")
 
@@ -23,7 +22,7 @@ def validate_float_self(trainer: Any) -> dict[str, Any] | None:
     float mode with the quantized path's BatchNorm (what a shared-BN self-teacher is). None for float runs."""
     from ultralytics.nn.tasks import load_checkpoint
 
-    if not trainer.args.val or not quant_enabled(unwrap_model(trainer.model)):
+    if not trainer.args.val or quant_state(trainer.model) is not QuantState.ACTIVE:
         return None
     model, _ = load_checkpoint(trainer.best, device=trainer.device)
     own = has_float_bn(model)
@@ -46,7 +45,7 @@ def quant_report(trainer: Any) -> dict[str, Any] | None:
     is the float model the quantized phase started from (the float phase's last epoch, or the given weights).
     """
     model = unwrap_model(trainer.model)
-    if not quant_layers(model) or not quant_enabled(model):
+    if quant_state(model) is not QuantState.ACTIVE:
         return None
     costs = layer_costs(model, trainer.args.imgsz).attrs["totals"]
     fm, qm = trainer.float_metrics or {}, trainer.metrics or {}
@@ -66,15 +65,18 @@ def quant_report(trainer: Any) -> dict[str, Any] | None:
     }
 
 
+def _last_stats(trainer: Any, term: Any) -> dict[str, float] | None:
+    """The last row of a distillation loss's per-epoch CSV (``KDLoss.stats_file``), by column; None without one."""
+    if not term.stats_file or not (csv := trainer.save_dir / term.stats_file).exists():
+        return None
+    head, *rows = csv.read_text().strip().splitlines()
+    return {k: float(v) for k, v in zip(head.split(",")[1:], rows[-1].split(",")[1:])} if rows else None
+
+
 def summary_dict(trainer: Any) -> dict[str, Any]:
     """What ``summary.json`` holds: the run's setup, final metrics, and float vs quantized figures."""
     model = unwrap_model(trainer.model)
     m = trainer.metrics or {}
-    gates = None
-    if (csv := trainer.save_dir / "gates.csv").exists():
-        head, *rows = csv.read_text().strip().splitlines()
-        if rows:
-            gates = {k: float(v) for k, v in zip(head.split(",")[1:], rows[-1].split(",")[1:])}
     distiller = getattr(model, "distiller", None)
     return {
         "model": Path(model.yaml.get("yaml_file", "model")).name,
@@ -90,8 +92,8 @@ def summary_dict(trainer: Any) -> dict[str, Any]:
             "kd": trainer.args.kd, "weights": distiller.weights, "schedule": distiller.schedule,
             "teacher": str(trainer.args.teacher or "self"),
             "float_self": None if trainer.args.teacher else distiller.float_self,
-            "layers": distiller.layers, "gate": bool(trainer.args.kd_gate) if "ost" in distiller.terms else None,
-            "gate_open_last_epoch": gates},
+            "layers": distiller.layers,
+            **{k: v for term in distiller.terms.values() for k, v in term.summary(_last_stats(trainer, term)).items()}},
         "weights": {"best": str(trainer.best), "last": str(trainer.last),
                     "best_fp": str(trainer.wdir / "best_fp.pt") if (trainer.wdir / "best_fp.pt").exists() else None},
     }

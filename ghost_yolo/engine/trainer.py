@@ -11,38 +11,19 @@ from typing import Any
 
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, emojis
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr, emojis
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ghost_yolo.cfg import ghost_defaults
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
-from ghost_yolo.distill import (
-    AUTO_KD,
-    AUTO_KD_WITH_TEACHER,
-    FLOAT_SELF_MODES,
-    Distiller,
-    feature_channels,
-    load_teacher,
-    parse_kd,
-    parse_kd_layers,
-)
+from ghost_yolo.distill import DistillRecipe
 from ghost_yolo.models.model import GhostDetectionModel
-from ghost_yolo.quant import (
-    FakeQuantizer,
-    add_float_self,
-    check_search_args,
-    is_quantized,
-    parse_bits,
-    quant_layers,
-    quantize_model,
-    resolve_bits,
-    set_bits,
-)
-from ghost_yolo.quant.config import quant_enabled
+from ghost_yolo.quant import FakeQuantizer, QuantRecipe, QuantState, quant_state
 from ghost_yolo.utils.allocator import reuse_freed_memory
-from ghost_yolo.utils.plotting import plot_gates, plot_paired_images
+from ghost_yolo.utils.plotting import plot_paired_images
 
 from .phases import PHASE_CALLBACKS, start_quantized_phase
+from .setup import setup_qat
 from .summary import quant_report, summary_dict, summary_text, validate_float_self
 from .validator import GhostValidator
 
@@ -78,87 +59,42 @@ class GhostTrainer(DetectionTrainer):
         return build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
 
     def get_model(self, cfg: str | dict | None = None, weights: Any = None, verbose: bool = True) -> GhostDetectionModel:
-        """Ghost detection model with input channels that follow the data's modality, prepared for quantization."""
+        """Ghost detection model with input channels that follow the data's modality, set up by the run's recipes."""
         model = GhostDetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
-        self.prepare_quantization(model, trained=bool(weights))
-        self.prepare_distillation(model)
+        self.quant_recipe, self.distill_recipe = self.build_recipes(model, trained=bool(weights))
+        setup_qat(model, None if self.args.resume else self.quant_recipe, self.distill_recipe, device=self.device,
+                  bf16_teacher=None if self.args.amp not in (False, "fp32") else False,
+                  resumed_teacher=self.wdir / "float_teacher.pt" if self.args.resume else None)
         if weights:  # after the distiller exists, so a resumed run restores its gate projections too
             model.load(weights)
         return model
 
-    # Quantization -----------------------------------------------------------------------------------------------------
-    def prepare_quantization(self, model: GhostDetectionModel, trained: bool) -> None:
-        """Insert quantized convs (switched off) when ``bits`` asks for them; widths are chosen at the quantized start.
+    def build_recipes(self, model: GhostDetectionModel, trained: bool) -> tuple[QuantRecipe, DistillRecipe]:
+        """Read the run's quantization and distillation once from its args, settle what depends on the run, and record
+        what they resolved to in ``args`` (and ``args.yaml``), so the log, ``args.yaml`` and the checkpoint agree.
 
-        The quantizer parameters exist from the start so the optimizer holds them; ``bits=N``, lists and bit maps are
-        checked here, before any training, and the HQ search runs when the quantized phase starts (after ``fp_epochs``
-        float epochs, or at once), on the weights the model has then.
+        ``bits`` empty means ``hq`` for a float model and the model's own widths for a quantized one; ``fp_epochs``
+        empty means half the epochs in float when training from a YAML; ``kd=auto`` resolves by the evidence table
+        (``distill.auto``). The HQ search itself runs when the quantized phase starts, on the weights the model has then.
         """
-        spec = parse_bits(self.args.bits)
         self.trained_weights, self.float_metrics = trained, None
-        if spec is None and not self.args.resume:  # the method by default: HQ widths, unless already quantized
-            spec = None if quant_enabled(model) else "hq"  # (best_fp.pt is float: HQ)
-            self.args.bits = spec
+        quant = QuantRecipe.from_args(self.args)
+        if quant.bits is None and not self.args.resume and quant_state(model) is not QuantState.ACTIVE:
+            self.args.bits = "hq"  # the method by default (best_fp.pt is float: HQ)
+            quant = QuantRecipe.from_args(self.args)
         if self.args.fp_epochs in (None, ""):  # float warm-up by default when training from scratch
-            self.args.fp_epochs = 0 if trained or self.args.resume or spec in (None, 32) else self.args.epochs // 2
-        self.quant_spec = spec
-        if self.args.resume or spec is None or (spec == 32 and not quant_layers(model)):
-            return  # resume rebuilds the quantized model from its checkpoint; float runs stay float
-        if spec == "hq":
-            check_search_args(self.args.hq_threshold, self.args.bit_min, self.args.bit_max)
-        if int(self.args.fp_epochs or 0) >= self.args.epochs:
+            self.args.fp_epochs = 0 if trained or self.args.resume or quant.bits in (None, 32) else self.args.epochs // 2
+        if not self.args.resume and quant.bits not in (None, 32) and int(self.args.fp_epochs or 0) >= self.args.epochs:
             raise ValueError(f"fp_epochs={self.args.fp_epochs} leaves no quantized epochs of epochs={self.args.epochs}")
-        quantize_model(model, bits=8, quantizer=self.args.quantizer, keep_first=self.args.keep_first,
-                       keep_head=self.args.keep_head, enabled=False, out_quant=bool(self.args.out_quant))
-        if spec != "hq":
-            set_bits(model, resolve_bits(spec, model, keep_first=self.args.keep_first, keep_head=self.args.keep_head))
-
-    def prepare_distillation(self, model: GhostDetectionModel) -> None:
-        """Attach the distiller (``kd=``; ``kd=auto``: ``AUTO_KD`` for quantized runs, ``AUTO_KD_WITH_TEACHER`` when
-        ``teacher=`` is given) with its losses and teacher.
-
-        The teacher is the model's own float self (``float_self=frozen``: as the quantized phase starts, frozen;
-        ``cotrain``: with its own BatchNorm set, trained every step; ``shared``: the student's BatchNorm, no gradient)
-        unless ``teacher=path.pt`` names a frozen float model of the same architecture. Distillation runs in the quantized phase only; its loss columns exist from the start.
-        """
-        names = parse_kd(self.args.kd)
-        quantized = is_quantized(model) or self.quant_spec == "hq"
-        teacher = str(self.args.teacher or "") or None
-        if names == ["auto"]:
-            names = parse_kd(AUTO_KD_WITH_TEACHER if teacher else AUTO_KD) if quantized or teacher else []
-        if not names and teacher:
-            raise ValueError(f"teacher={teacher} is only used for distillation, but kd=none: drop teacher= or pass "
-                             "kd=ost (or another loss)")
-        if names and not quantized:
-            LOGGER.warning(f"kd={'+'.join(names)}{f' teacher={teacher}' if teacher else ''} on a float run (bits=32): "
-                           "the float model has nothing to learn from its float self; distillation is off")
-        float_self = str(self.args.float_self or ghost_defaults()["float_self"]).strip().lower()
-        if float_self not in FLOAT_SELF_MODES:
-            raise ValueError(f"float_self={self.args.float_self} is not a teacher mode: use "
-                             f"{', '.join(FLOAT_SELF_MODES[:-1])} or {FLOAT_SELF_MODES[-1]}")
-        if not names or not quantized:
-            self.args.kd = "none"
-            return
-        if self.args.compile:
-            raise ValueError(f"compile=True cannot be used with kd={'+'.join(names)}: compiled training computes the "
-                             "loss from a separate forward, where the teacher pass and the distilled features are not "
-                             "captured. Pass compile=False or kd=none")
-        layers = parse_kd_layers(self.args.kd_layers, model)
-        args = {**vars(self.args), "float_self": float_self,
-                "bf16_teacher": None if self.args.amp not in (False, "fp32") else False}
-        distiller = Distiller.from_spec(model, names, layers, feature_channels(model, layers), args)
-        resumed_teacher = self.wdir / "float_teacher.pt"
-        if not teacher and float_self == "frozen" and self.args.resume and resumed_teacher.exists():
-            teacher = str(resumed_teacher)  # the frozen float self of the run being resumed
-        if teacher:
-            distiller.teacher = load_teacher(teacher, model, distiller.layers or layers, device=self.device,
-                                             head=distiller.needs_head)
-            distiller.teacher.own = teacher == str(resumed_teacher)
-        elif float_self == "cotrain":
-            add_float_self(model)  # before the optimizer is built: its float BatchNorm set trains from the start
-        model.distiller = distiller
-        self.args.kd, self.args.float_self = "+".join(names), float_self
+        distill = DistillRecipe.from_args(self.args, quant, model)
+        for k, v in distill.args().items():
+            setattr(self.args, k, v)
+        if distill.auto and RANK in {-1, 0}:
+            LOGGER.info(f"{colorstr('ghost:')} kd=auto -> {distill.kd}: {distill.auto}")
+        if RANK in {-1, 0} and not self.args.resume:
+            YAML.save(self.save_dir / "args.yaml", vars(self.args))  # what ran, as the checkpoint records it
+        return quant, distill
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer; quantizer step sizes go to the no-weight-decay group (decay would shrink them)."""
@@ -204,8 +140,10 @@ class GhostTrainer(DetectionTrainer):
             self.float_self_metrics = validate_float_self(self)
             LOGGER.info(self.summary())
             (self.save_dir / "summary.json").write_text(json.dumps(summary_dict(self), indent=2))
-            if self.args.plots and (self.save_dir / "gates.csv").exists():
-                plot_gates(self.save_dir / "gates.csv", self.save_dir / "gates.png", on_plot=self.on_plot)
+            distiller = getattr(unwrap_model(self.model), "distiller", None)
+            for term in distiller.terms.values() if distiller is not None and self.args.plots else ():
+                if term.stats_file and (csv := self.save_dir / term.stats_file).exists():
+                    term.plot_stats(csv, on_plot=self.on_plot)
 
     def quant_report(self) -> dict[str, Any] | None:
         """Float vs quantized figures of a quantized run (``engine.summary.quant_report``); None for float runs."""

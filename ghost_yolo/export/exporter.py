@@ -31,6 +31,7 @@ from ghost_yolo.export.qdq import (
     to_qdq,
     trained_output_grids,
 )
+from ghost_yolo.quant import QuantState, quant_state
 from ghost_yolo.utils.hints import ghost_hints
 
 EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
@@ -79,7 +80,7 @@ def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict
     from ghost_yolo.data.io import modality_for_channels
     stock, ghost = split_ghost_args(kwargs)
     opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
-    quantized = bool(active_qconvs(model))  # quantizers on below 32 bit (a float self or float-phase model is float)
+    quantized = quant_state(model) is QuantState.ACTIVE  # a float self or a float-phase model exports as float
     fmt = str(stock.get("format") or "").lower()
     if not fmt and quantized:  # Ultralytics' default (torchscript) cannot hold a quantized model
         LOGGER.info(f"{colorstr('ghost:')} quantized model: exporting format=onnx (integer QDQ)")

@@ -24,10 +24,11 @@ from .apply import (
     drop_float_bn,
     float_mode,
     get_bits,
-    is_quantized,
     output_quantizers,
     policy_layers,
     prepare,
+    QuantState,
+    quant_state,
     quant_layers,
     quantize_model,
     set_bits,
@@ -35,14 +36,14 @@ from .apply import (
     to_float_self,
     uniform_bits,
 )
-from .config import QuantConfig, quant_enabled, update_quant_config
+from .config import QuantConfig, update_quant_config
+from .recipe import QuantRecipe
 from .search import (
     bits_table,
     check_search_args,
     hq_plan,
     parse_bits,
     plot_bits,
-    resolve_bits,
     save_bit_map,
     search_bits,
 )
@@ -52,7 +53,9 @@ __all__ = (
     "QuantConfig",
     "convert",
     "prepare",
-    "quant_enabled",
+    "QuantRecipe",
+    "QuantState",
+    "quant_state",
     "register_quantizer",
     "update_quant_config",
     "KEEP_BITS",
@@ -75,7 +78,6 @@ __all__ = (
     "format_costs",
     "get_bits",
     "hq_plan",
-    "is_quantized",
     "layer_costs",
     "output_quantizers",
     "parse_bits",
@@ -83,7 +85,6 @@ __all__ = (
     "policy_layers",
     "quant_layers",
     "quantize_model",
-    "resolve_bits",
     "save_bit_map",
     "search_bits",
     "set_bits",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 
 import torch
 from torch import nn
@@ -43,10 +44,11 @@ __all__ = (
     "drop_float_bn",
     "float_mode",
     "get_bits",
-    "is_quantized",
     "output_quantizers",
     "policy_layers",
     "prepare",
+    "QuantState",
+    "quant_state",
     "quant_layers",
     "quantize_model",
     "set_bits",
@@ -69,9 +71,21 @@ def quant_layers(model: nn.Module) -> dict[str, QConv2d]:
     return {n: m for n, m in conv_layers(model).items() if isinstance(m, QConv2d)}
 
 
-def is_quantized(model: nn.Module) -> bool:
-    """True if the model carries quantized convs below float width."""
-    return any(m.bits < FLOAT_BITS for m in quant_layers(model).values())
+class QuantState(str, Enum):
+    """Where a model stands: ``float`` (no conv below 32 bit), ``prepared`` (quantized convs with their quantizers off:
+    the float phase, or a float self) or ``active`` (quantizers on: it computes as the integer model will)."""
+
+    FLOAT = "float"
+    PREPARED = "prepared"
+    ACTIVE = "active"
+
+
+def quant_state(model: nn.Module) -> QuantState:
+    """The one answer to "is this model quantized, and are its quantizers on", read from its layers."""
+    low = [m for m in quant_layers(model).values() if m.bits < FLOAT_BITS]
+    if not low:
+        return QuantState.FLOAT
+    return QuantState.ACTIVE if any(m.quant_enabled for m in low) else QuantState.PREPARED
 
 
 def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -96,9 +110,10 @@ def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
     return first, head
 
 
-def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: str = "lsq", keep_first: bool = True,
-                   keep_head: bool = True, enabled: bool = True, out_quant: bool = False) -> nn.Module:
-    """``prepare`` with the config as keywords; returns the model.
+def quantize_model(model: nn.Module, bits: int | dict[str, int] = KEEP_BITS, quantizer: str | None = None,
+                   keep_first: bool | None = None, keep_head: bool | None = None, enabled: bool = True,
+                   out_quant: bool | None = None) -> nn.Module:
+    """``prepare`` with the config as keywords; returns the model. Keys left None take cfg/default.yaml's values.
 
     Args:
         model: An Ultralytics/ghost detection model (or any module with convs).
@@ -111,9 +126,14 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, quantizer: 
         out_quant: Also quantize every conv block's output to 8 bit (``QuantAct``), as integer ONNX runs it (output
             grids a model already has are kept either way).
     """
+    from ghost_yolo.cfg import ghost_defaults
+
+    d = ghost_defaults()
+    pick = lambda v, k: d[k] if v is None else v  # noqa: E731
     old = QuantConfig.of(model)
-    config = QuantConfig(quantizer=quantizer, bits=bits, keep_first=bool(keep_first), keep_head=bool(keep_head),
-                         enabled=bool(enabled), out_bits=OUT_BITS if out_quant else (old.out_bits if old else None),
+    config = QuantConfig(quantizer=pick(quantizer, "quantizer"), bits=bits, keep_first=bool(pick(keep_first, "keep_first")),
+                         keep_head=bool(pick(keep_head, "keep_head")), enabled=bool(enabled),
+                         out_bits=OUT_BITS if pick(out_quant, "out_quant") else (old.out_bits if old else None),
                          float_bn=bool(old and old.float_bn), extra=old.extra if old else {})
     return prepare(model, config)
 

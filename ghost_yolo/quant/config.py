@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 from ultralytics.utils.torch_utils import unwrap_model
 
-__all__ = ("QuantConfig", "quant_enabled", "update_quant_config")
+__all__ = ("QuantConfig", "update_quant_config")
 
 SECTION = "quant"  # the model YAML key
 
@@ -94,9 +94,3 @@ def update_quant_config(model: nn.Module, **changes: Any) -> QuantConfig | None:
     config = config.replace(**changes)
     config.write(model)
     return config
-
-
-def quant_enabled(model: nn.Module) -> bool:
-    """True when ``model`` records a quantization config with its quantizers on (the quantized phase has started)."""
-    config = QuantConfig.of(model)
-    return bool(config and config.enabled)

@@ -18,7 +18,7 @@ from ghost_yolo.nn.quantizers import check_bits
 from .apply import KEEP_BITS, conv_layers, policy_layers, quant_layers, uniform_bits
 from .kmeans import check_search_args, hq_distortions, pick_bits
 
-__all__ = ("bits_table", "check_search_args", "hq_plan", "parse_bits", "plot_bits", "resolve_bits", "save_bit_map",
+__all__ = ("bits_table", "check_search_args", "hq_plan", "parse_bits", "plot_bits", "save_bit_map",
            "search_bits")
 
 
@@ -56,8 +56,8 @@ def parse_bits(spec: Any) -> int | str | list[int] | dict[str, int] | None:
     raise ValueError(f"invalid bits={spec!r}: use a width 2..8 (32 = float), 'hq', a list or a YAML bit map")
 
 
-def hq_plan(model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
-            keep_head: bool = True, progress: bool = False) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
+def hq_plan(model: nn.Module, threshold: float, bit_min: int, bit_max: int, keep_first: bool, keep_head: bool,
+            progress: bool = False) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
     """HQ search on the model's current float weights: ``({layer: bits}, {layer: {width: distortion}})``.
 
     One k-means pass gives both the widths (then the keep-first/keep-head policy, layers kept at 8) and the
@@ -75,29 +75,13 @@ def hq_plan(model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max:
     return bits, table
 
 
-def search_bits(model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8, keep_first: bool = True,
-                keep_head: bool = True, progress: bool = False) -> dict[str, int]:
-    """HQ widths ``{layer: bits}`` for the model's current float weights (see ``hq_plan``)."""
-    return hq_plan(model, threshold, bit_min, bit_max, keep_first, keep_head, progress)[0]
+def search_bits(model: nn.Module, progress: bool = False, **keys: Any) -> dict[str, int]:
+    """HQ widths ``{layer: bits}`` for the model's current float weights (see ``hq_plan``); ``keys`` are the search's
+    ghost keys (``hq_threshold``, ``bit_min``, ``bit_max``, ``keep_first``, ``keep_head``), cfg/default.yaml's
+    values where not given."""
+    from .recipe import QuantRecipe
 
-
-def resolve_bits(spec: Any, model: nn.Module, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
-                 keep_first: bool = True, keep_head: bool = True) -> dict[str, int]:
-    """Turn a ``bits=`` value into ``{layer: bits}`` for this (quantized) model."""
-    spec = parse_bits(spec)
-    layers = quant_layers(model)
-    if spec == "hq":
-        return search_bits(model, threshold, bit_min, bit_max, keep_first, keep_head, progress=True)
-    if isinstance(spec, int):
-        return uniform_bits(model, spec, keep_first, keep_head)
-    if isinstance(spec, list):
-        if len(spec) != len(layers):
-            raise ValueError(f"bits list has {len(spec)} widths but the model has {len(layers)} conv layers "
-                             "('ghost info model=...' lists them in order)")
-        return dict(zip(layers, spec))
-    if isinstance(spec, dict):
-        return {**dict.fromkeys(layers, KEEP_BITS), **spec}
-    return {n: m.bits for n, m in layers.items()}
+    return QuantRecipe.from_args(keys, bits="hq").widths(model, progress=progress)[0]
 
 
 def bits_table(model: nn.Module, bits: dict[str, int], distortions: dict[str, dict[int, float]] | None = None,
