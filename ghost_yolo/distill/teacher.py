@@ -1,8 +1,11 @@
 """Teachers for OST: which layers they speak at, how their features are captured, and the external-teacher handle.
 
-The default teacher is the student itself with every quantizer bypassed (``float_mode``), run without gradient on the
-same batch, BatchNorm normalising with the batch but keeping its running statistics (only the student pass updates
-them). ``teacher=path.pt`` loads a frozen float model of the same architecture instead (the reference's way).
+With ``teacher=`` empty the teacher is the model's own float self (``float_self``). The default, ``frozen``, is a
+copy of the float model as the quantized phase starts (quantizers bypassed, fp32), kept frozen (``freeze_float_self``);
+``cotrain`` runs the float self with its own trained BatchNorm set; ``shared`` runs the student itself with every
+quantizer bypassed (``float_mode``), without gradient, its BatchNorm normalising with the batch but leaving the running
+statistics to the student pass (``bn_stats_frozen``). ``teacher=path.pt`` loads a frozen float model of the same
+architecture instead (the reference's way).
 """
 
 from __future__ import annotations
