@@ -121,7 +121,8 @@ class GhostDetectionModel(DetectionModel):
         """Fold BatchNorm into quantized convs after quantizing their weights, then fuse the rest like Ultralytics.
 
         A fused model is an inference model: the distiller (OST gate projections, training only) and the float self's
-        BatchNorm set are dropped (``GhostYOLO(..., as_float=True)`` turns the model into its float self first).
+        BatchNorm set are dropped. To fuse the float self instead, turn the model into it first (``to_float_self``, as
+        ``val``, ``predict`` and ``export`` do with ``as_float=True``).
         """
         from ghost_yolo.quant.apply import convert
 
