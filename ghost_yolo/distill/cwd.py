@@ -16,7 +16,7 @@ from .registry import PassOutputs, TemperatureKDLoss, register_kd_loss
 __all__ = ("ChannelWiseLoss", "channel_wise_kl")
 
 
-def channel_wise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+def channel_wise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """CWD between two feature maps (B, C, H, W): ``T^2`` times the KL per channel, averaged over B x C; a scalar."""
     if student.shape != teacher.shape:
         raise ValueError(f"channel-wise distillation pairs maps of the same shape: student {tuple(student.shape)} vs "

@@ -18,7 +18,7 @@ __all__ = ("BoxDistributionLoss", "box_distribution_kl")
 
 
 def box_distribution_kl(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor, teacher_scores: torch.Tensor,
-                        temperature: float = 4.0) -> torch.Tensor:
+                        temperature: float) -> torch.Tensor:
     """Confidence-weighted KL between DFL logits of shape (B, 4 * reg_max, A); a scalar."""
     b, c, a = student_boxes.shape
     s = student_boxes.float().view(b, 4, c // 4, a) / temperature

@@ -91,7 +91,7 @@ class OSTLoss(KDLoss):
     stats_file = "gates.csv"
     stats_label = "OST gate open fraction by layer"
 
-    def __init__(self, layers: Sequence[int], channels: Sequence[int], gate: bool = True, tau: float = 1.0):
+    def __init__(self, layers: Sequence[int], channels: Sequence[int], gate: bool, tau: float):
         """Build one query and one key projection per distilled layer."""
         super().__init__()
         if len(layers) != len(channels):

@@ -19,7 +19,7 @@ def logistic_noise(like: torch.Tensor, generator: torch.Generator | None = None)
     return torch.log(u) - torch.log1p(-u)
 
 
-def scm_gate(logits: torch.Tensor, tau: float = 1.0, training: bool = True,
+def scm_gate(logits: torch.Tensor, tau: float, training: bool = True,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Hard 0/1 gates for ``logits`` whose gradient is the soft gate's (straight-through); noiseless at eval.
 

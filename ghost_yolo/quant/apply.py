@@ -158,18 +158,21 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root
         setattr(parent, attr, QConv2d.from_float(conv, bits=KEEP_BITS, quantizer=quantizer))
-    if isinstance(bits, dict):
-        set_bits(root, {**dict.fromkeys(quant_layers(root), KEEP_BITS), **bits})
-    else:
-        set_bits(root, uniform_bits(root, bits, config.keep_first, config.keep_head))
+    layers = quant_layers(root)
+    widths = {**dict.fromkeys(layers, KEEP_BITS), **bits} if isinstance(bits, dict) else \
+        uniform_bits(root, bits, config.keep_first, config.keep_head)
+    _check_names(widths, layers)
+    for name, b in widths.items():
+        layers[name].bits = check_bits(b, f"bits[{name}]")
     if config.out_bits:
         for block in root.modules():
             if isinstance(block, Conv) and isinstance(block.conv, QConv2d) and not isinstance(block.act, QuantAct):
                 block.act = QuantAct(block.act, block.conv, bits=config.out_bits)
-    set_quant_enabled(root, config.enabled)
+    for m in layers.values():
+        m.quant_enabled = config.enabled
     if config.float_bn:
         add_float_bn(root)
-    config.replace(bits=get_bits(root)).write(root)
+    config.replace(bits=get_bits(root)).write(root)  # the one write: the config as the layers now are
     return model
 
 
@@ -195,7 +198,7 @@ def output_quantizers(model: nn.Module) -> dict[str, QuantAct]:
     return {n: m for n, m in unwrap_model(model).named_modules() if isinstance(m, QuantAct)}
 
 
-def uniform_bits(model: nn.Module, bits: int, keep_first: bool = True, keep_head: bool = True) -> dict[str, int]:
+def uniform_bits(model: nn.Module, bits: int, keep_first: bool, keep_head: bool) -> dict[str, int]:
     """One width for every quantized layer, with the policy's layers kept at 8 bit (never lowered below ``bits``)."""
     bits = check_bits(bits)
     first, head = policy_layers(model)
@@ -218,15 +221,20 @@ def get_bits(model: nn.Module) -> dict[str, int]:
     return {n: m.bits for n, m in quant_layers(model).items()}
 
 
-def set_bits(model: nn.Module, bits: dict[str, int]) -> None:
-    """Set per-layer widths by name; unknown names and invalid widths raise with the names that exist."""
-    layers = quant_layers(model)
+def _check_names(bits: dict[str, int], layers: dict[str, QConv2d]) -> None:
+    """Refuse a bit map naming layers the model does not have, naming them and how layers are named."""
     unknown = [n for n in bits if n not in layers]
     if unknown:
         shown = ", ".join(list(layers)[:6]) + (", ..." if len(layers) > 6 else "")
         raise ValueError(f"bit map names {len(unknown)} unknown layer(s): {', '.join(unknown[:5])}"
                          f"{' ...' if len(unknown) > 5 else ''}. Layers are named like {shown} "
                          "('ghost info model=...' lists them all)")
+
+
+def set_bits(model: nn.Module, bits: dict[str, int]) -> None:
+    """Set per-layer widths by name; unknown names and invalid widths raise with the names that exist."""
+    layers = quant_layers(model)
+    _check_names(bits, layers)
     for n, b in bits.items():
         layers[n].bits = check_bits(b, f"bits[{n}]")
     update_quant_config(unwrap_model(model), bits=get_bits(model))
