@@ -55,6 +55,10 @@ class DistillRecipe:
                   model: nn.Module | None = None, **overrides: Any) -> DistillRecipe:
         """The recipe of a run's arguments; ``quant`` (None: a float run) and ``model`` (its own widths when ``bits`` is
         empty) decide ``kd=auto``. Bad combinations fail here, before any training, with the key to change."""
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"DistillRecipe.from_args got unknown keys {sorted(unknown)}: its keys are "
+                            f"{', '.join(f.name for f in fields(cls))}")
         args = {**(vars(args) if isinstance(args, SimpleNamespace) else dict(args or {})), **overrides}
         d = ghost_defaults()
         kw = {f.name: args.get(f.name) for f in fields(cls) if f.name != "auto"}

@@ -45,7 +45,6 @@ from .search import (
     parse_bits,
     plot_bits,
     save_bit_map,
-    search_bits,
 )
 
 __all__ = (
@@ -86,7 +85,6 @@ __all__ = (
     "quant_layers",
     "quantize_model",
     "save_bit_map",
-    "search_bits",
     "set_bits",
     "set_quant_enabled",
     "to_float_self",

@@ -60,6 +60,10 @@ class QuantRecipe:
         ``bits`` is parsed here, once (a bit map YAML is read here), and the search parameters are checked here, before
         any training.
         """
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"QuantRecipe.from_args got unknown keys {sorted(unknown)}: its keys are "
+                            f"{', '.join(f.name for f in fields(cls))}")
         args = {**(vars(args) if isinstance(args, SimpleNamespace) else dict(args or {})), **overrides}
         kw = {}
         for f in fields(cls):

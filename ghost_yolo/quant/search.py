@@ -18,8 +18,7 @@ from ghost_yolo.nn.quantizers import check_bits
 from .apply import KEEP_BITS, conv_layers, policy_layers, quant_layers, uniform_bits
 from .kmeans import check_search_args, hq_distortions, pick_bits
 
-__all__ = ("bits_table", "check_search_args", "hq_plan", "parse_bits", "plot_bits", "save_bit_map",
-           "search_bits")
+__all__ = ("bits_table", "check_search_args", "hq_plan", "parse_bits", "plot_bits", "save_bit_map")
 
 
 def parse_bits(spec: Any) -> int | str | list[int] | dict[str, int] | None:
@@ -73,15 +72,6 @@ def hq_plan(model: nn.Module, threshold: float, bit_min: int, bit_max: int, keep
         if n in bits:
             bits[n] = KEEP_BITS
     return bits, table
-
-
-def search_bits(model: nn.Module, progress: bool = False, **keys: Any) -> dict[str, int]:
-    """HQ widths ``{layer: bits}`` for the model's current float weights (see ``hq_plan``); ``keys`` are the search's
-    ghost keys (``hq_threshold``, ``bit_min``, ``bit_max``, ``keep_first``, ``keep_head``), cfg/default.yaml's
-    values where not given."""
-    from .recipe import QuantRecipe
-
-    return QuantRecipe.from_args(keys, bits="hq").widths(model, progress=progress)[0]
 
 
 def bits_table(model: nn.Module, bits: dict[str, int], distortions: dict[str, dict[int, float]] | None = None,
