@@ -251,7 +251,7 @@ def test_costs_by_hand_on_two_layers():
 
 def test_hq_search_on_model_with_known_clusters():
     """Layers whose weights take 4 values get 2 bits, 16 values 4 bits; policy layers stay at 8; tight thresholds 8."""
-    from ghost_yolo.quant import search_bits
+    from ghost_yolo.quant import QuantRecipe
 
     torch.manual_seed(0)
     q = quantize_model(GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False), bits=8)
@@ -261,11 +261,14 @@ def test_hq_search_on_model_with_known_clusters():
         for n, levels in ((four, 4), (sixteen, 16)):
             w = layers[n].weight
             w.copy_(torch.linspace(-0.1, 0.1, levels)[torch.randint(0, levels, w.shape)])
-    bits = search_bits(q, threshold=1e-3)
+    def search_bits(model, **keys):  # the production path: the recipe's HQ widths
+        return QuantRecipe.from_args(bits="hq", **keys).widths(model)[0]
+
+    bits = search_bits(q, hq_threshold=1e-3)
     assert bits[four] == 2 and bits[sixteen] == 4
     assert bits["model.0.conv"] == 8 and bits["model.23.cv3.0.2"] == 8
-    assert search_bits(q, threshold=1e-3, bit_min=3)[four] == 3
-    assert search_bits(q, threshold=1e-3, bit_max=3)[sixteen] == 3
+    assert search_bits(q, hq_threshold=1e-3, bit_min=3)[four] == 3
+    assert search_bits(q, hq_threshold=1e-3, bit_max=3)[sixteen] == 3
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
