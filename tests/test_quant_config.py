@@ -138,19 +138,67 @@ def test_quantized_export_defaults_to_onnx(tmp_path, monkeypatch):
     """No format: a quantized model goes to the integer ONNX route (Ultralytics' torchscript default cannot hold it)."""
     from ghost_yolo.export import exporter
 
-    monkeypatch.setattr(exporter.GhostExporter, "__call__", lambda self, model: f"{self.args.format}:{self.int4}")
+    monkeypatch.setattr(exporter.GhostExporter, "__call__",
+                        lambda self, model: f"{self.args.format}:{self.int4}:{self.integer}")
     m = quantize_model(_model(), bits=4)
     m.args = {"imgsz": IMGSZ}
-    assert exporter.export_model(m, {}, {}, tmp_path / "best.pt") == "onnx:False"
-    assert exporter.export_model(m, {"int4": True}, {}, tmp_path / "best.pt") == "onnx:True"
+    assert exporter.export_model(m, {}, {}, tmp_path / "best.pt") == "onnx:False:True"
+    assert exporter.export_model(m, {"int4": True}, {}, tmp_path / "best.pt") == "onnx:True:True"
     f = _model()
     f.args = {"imgsz": IMGSZ}
-    assert exporter.export_model(f, {}, {}, tmp_path / "best.pt") == "torchscript:False"  # float: Ultralytics' default
+    assert exporter.export_model(f, {}, {}, tmp_path / "best.pt") == "torchscript:False:False"  # Ultralytics' default
+    assert exporter.export_model(f, {"format": "onnx"}, {}, tmp_path / "best.pt") == "onnx:False:False"
     # quantizers switched off (a float-phase checkpoint, a float self) compute in float: every format, as usual
     off = quantize_model(_model(), bits=4, enabled=False)
     off.args = {"imgsz": IMGSZ}
-    assert exporter.export_model(off, {"format": "openvino"}, {}, tmp_path / "best.pt") == "openvino:False"
-    assert exporter.export_model(off, {}, {}, tmp_path / "best.pt") == "torchscript:False"
+    assert exporter.export_model(off, {"format": "openvino"}, {}, tmp_path / "best.pt") == "openvino:False:False"
+    assert exporter.export_model(off, {"format": "onnx"}, {}, tmp_path / "best.pt") == "onnx:False:False"
+    assert exporter.export_model(off, {}, {}, tmp_path / "best.pt") == "torchscript:False:False"
+
+
+def test_export_route_decided_in_dispatch(tmp_path, monkeypatch):
+    """The integer-or-float choice is the dispatch's: int4 on a float model is refused before any exporter runs, and
+    GhostExporter.export_onnx follows the dispatch's ``integer``, never deciding again from the model."""
+    from ghost_yolo.export import exporter
+
+    monkeypatch.setattr(exporter.GhostExporter, "__call__", lambda self, model: pytest.fail("exporter ran"))
+    off = quantize_model(_model(), bits=4, enabled=False)
+    off.args = {"imgsz": IMGSZ}
+    with pytest.raises(ValueError, match="int4=True needs a quantized model"):
+        exporter.export_model(off, {"format": "onnx", "int4": True}, {}, tmp_path / "best.pt")
+    seen = []
+    monkeypatch.setattr(exporter.Exporter, "export_onnx", lambda self, prefix="": seen.append("float") or "f.onnx")
+    monkeypatch.setattr(exporter, "trained_output_grids", lambda model: seen.append("integer") or pytest.fail("ok"))
+    e = object.__new__(exporter.GhostExporter)
+    e.integer, e.int4, e.model = False, False, quantize_model(_model(), bits=4)  # active quantizers, float route chosen
+    assert e.export_onnx() == "f.onnx" and seen == ["float"]
+    e.integer = True
+    with pytest.raises(pytest.fail.Exception, match="ok"):
+        e.export_onnx()
+    assert seen == ["float", "integer"]
+
+
+def test_register_export_format(tmp_path):
+    """A writer registered with @register_export_format gets the job (a quantized model too, when it says what the
+    model becomes there); a taken name is refused; the refusal of other formats lists it."""
+    from ghost_yolo.export import exporter
+
+    m = quantize_model(_model(), bits=4)
+    m.args = {"imgsz": IMGSZ}
+    try:
+        @exporter.register_export_format("test-fmt", quantized="a test file")
+        def write(job: exporter.ExportJob) -> str:
+            return f"{job.format}:{job.integer}:{job.source.name}"
+
+        assert exporter.export_model(m, {"format": "test-fmt"}, {}, tmp_path / "best.pt") == "test-fmt:True:best.pt"
+        assert "test-fmt" in exporter.quantized_formats()
+        with pytest.raises(ValueError, match="format=onnx or format=ghost or format=test-fmt"):
+            exporter.export_model(m, {"format": "openvino"}, {}, tmp_path / "best.pt")
+        with pytest.raises(ValueError, match="taken"):
+            exporter.register_export_format("ghost")(write)
+    finally:
+        exporter.EXPORT_FORMATS.pop("test-fmt", None)
+    assert list(exporter.EXPORT_FORMATS) == ["onnx", "ghost"]
 
 
 def test_phase_callbacks_run_first_once(tmp_path):

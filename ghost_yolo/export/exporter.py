@@ -1,22 +1,25 @@
 """Export: one dispatch (``export_model``) deciding the route of every format, and ``GhostExporter``, Ultralytics'
 Exporter writing integer QDQ ONNX for quantized models.
 
-``export_model`` is the only place an export is decided: the ghost options are checked, ghost's own formats
-(``GHOST_FORMATS``: ``ghost``, the packed checkpoint) are written by their function, and everything else goes through
-``GhostExporter``. A quantized model exports only to the formats in ``QUANTIZED_FORMATS``; any other format is
-refused with the reason (``refuse_quantized``), since Ultralytics' other exporters trace the fake-quant ops as float
-math or convert from a float graph, and no tested runtime then computes in integers.
+``export_model`` is the only place an export is decided: the ghost options are checked, whether the model exports as
+the integer model (quantizers active) or in float is settled, and the format's writer is called with that
+(``ExportJob``). Formats with a writer of their own are registered with ``@register_export_format(name, quantized=)``
+(``onnx``; ``ghost``, the packed checkpoint); every other format goes to Ultralytics' exporter (``GhostExporter``). A
+quantized model exports only to the formats registered with ``quantized=``; any other format is refused with the reason
+(``refuse_quantized``), since Ultralytics' other exporters trace the fake-quant ops as float math or convert from a
+float graph, and no tested runtime then computes in integers.
 
-Float models export exactly as with Ultralytics. For a quantized model, ``export_onnx`` takes the 8-bit output grids
-of the block convs from training (``out_quant=True``; older models get them fitted on a few images of the model's
-data), swaps every quantized conv for its Q/DQ form (``ghost_yolo.export.qdq``), lets Ultralytics trace, simplify and
-add metadata, then stores the weights as int8 (or INT4) initializers.
+Float models export exactly as with Ultralytics. For a quantized model, ``GhostExporter.export_onnx`` takes the 8-bit
+output grids of the block convs from training (``out_quant=True``; older models get them fitted on a few images of the
+model's data), swaps every quantized conv for its Q/DQ form (``ghost_yolo.export.qdq``), lets Ultralytics trace,
+simplify and add metadata, then stores the weights as int8 (or INT4) initializers.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +38,108 @@ from ghost_yolo.quant import QuantState, quant_state
 from ghost_yolo.utils.hints import ghost_hints
 
 EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
-# formats a quantized model exports to, and what it becomes there
-QUANTIZED_FORMATS = {
-    "onnx": "integer QDQ ONNX (int8 or INT4 weights, QLinearConv in onnxruntime)",
-    "ghost": "packed checkpoint (weights bit-packed at their own widths), loadable with GhostYOLO('model.ghost')",
-}
 
 
-def export_packed(model: torch.nn.Module, path: Path, overrides: dict[str, Any]) -> str:
+@dataclass
+class ExportJob:
+    """One export as ``export_model`` decided it: everything a format writer needs.
+
+    Attributes:
+        model: The PyTorch model to export.
+        format: The format name (lower case).
+        stock: Ultralytics' export keys of the call.
+        int4: Store weights at 4 bits or less as INT4 initializers (integer ONNX).
+        calib: Images that fit the output grids of quantized models trained without ``out_quant``.
+        integer: Whether the model is exported as the integer model (quantizers active) rather than in float.
+        overrides: The model's saved args (``GhostYOLO.overrides``).
+        source: The checkpoint the model came from (ghost's own formats are written next to it).
+        callbacks: Ultralytics callbacks for the exporter.
+    """
+
+    model: torch.nn.Module
+    format: str
+    stock: dict[str, Any]
+    int4: bool
+    calib: int
+    integer: bool
+    overrides: dict[str, Any]
+    source: Path
+    callbacks: dict | None = None
+
+
+Writer = Callable[[ExportJob], str]  # a format's writer: the job -> the exported file
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """A registered format: its writer, and what a quantized model becomes there (None: it cannot hold one)."""
+
+    writer: Writer
+    quantized: str | None = None
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {}  # formats with a writer of their own; the rest go to Ultralytics
+
+
+def register_export_format(name: str, quantized: str | None = None) -> Callable[[Writer], Writer]:
+    """Decorator: ``writer(job) -> exported file`` writes ``format=name``; ``quantized`` says what a quantized model
+    becomes in it (None: a quantized model is refused, as for every format not registered)."""
+
+    def register(writer: Writer) -> Writer:
+        key = name.lower()
+        if not key or key in EXPORT_FORMATS and EXPORT_FORMATS[key].writer is not writer:
+            raise ValueError(f"export format name {name!r} is empty or taken")
+        EXPORT_FORMATS[key] = ExportFormat(writer, quantized)
+        return writer
+
+    return register
+
+
+def quantized_formats() -> list[str]:
+    """The formats a quantized model exports to, in registration order."""
+    return [name for name, f in EXPORT_FORMATS.items() if f.quantized]
+
+
+def export_ultralytics(job: ExportJob) -> str:
+    """Every format without a writer of its own: Ultralytics' exporter (``GhostExporter``), integer ONNX when asked."""
+    from ghost_yolo.cfg import split_ghost_args
+    from ghost_yolo.data.io import modality_for_channels
+
+    custom = {"imgsz": job.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
+    args = {**split_ghost_args(job.overrides)[0], **custom, **job.stock, "mode": "export"}
+    exporter = GhostExporter(overrides=args, _callbacks=job.callbacks, int4=job.int4, calib=job.calib,
+                             calib_data=job.stock.get("data") or job.overrides.get("data"),
+                             modality=modality_for_channels(int(job.model.yaml.get("channels", 3))),
+                             integer=job.integer)
+    return exporter(model=job.model)
+
+
+@register_export_format("onnx", quantized="integer QDQ ONNX (int8 or INT4 weights, QLinearConv in onnxruntime)")
+def export_onnx_file(job: ExportJob) -> str:
+    """``format=onnx``: Ultralytics' ONNX export, as the integer QDQ graph for a quantized model."""
+    return export_ultralytics(job)
+
+
+@register_export_format("ghost", quantized="packed checkpoint (weights bit-packed at their own widths), loadable with "
+                                           "GhostYOLO('model.ghost')")
+def export_packed(job: ExportJob) -> str:
     """``format=ghost``: the packed ``.ghost`` checkpoint next to the source checkpoint."""
     from ghost_yolo.cfg import split_ghost_args
     from ghost_yolo.export.packed import save_packed
 
-    return str(save_packed(model, path.with_suffix(".ghost"), names=model.names, args=split_ghost_args(overrides)[0]))
-
-
-# ghost's own formats: name -> writer(model, source checkpoint path, model overrides) -> exported file
-GHOST_FORMATS: dict[str, Callable[[torch.nn.Module, Path, dict[str, Any]], str]] = {"ghost": export_packed}
+    return str(save_packed(job.model, job.source.with_suffix(".ghost"), names=job.model.names,
+                           args=split_ghost_args(job.overrides)[0]))
 
 
 def refuse_quantized(fmt: str) -> None:
-    """Say why a quantized model does not export to ``fmt`` (a format outside ``QUANTIZED_FORMATS``)."""
+    """Say why a quantized model does not export to ``fmt`` (a format not registered with ``quantized=``)."""
     raise ValueError(
         f"format={fmt} cannot hold a quantized model: Ultralytics' {fmt} export traces the fake-quant ops as float "
         f"math (or converts from a float graph), so the file would run at float cost with nothing computed in "
-        f"integers. A quantized model exports as {' or '.join(f'format={f}' for f in QUANTIZED_FORMATS)}; toolchains "
-        "that import ONNX with QuantizeLinear/DequantizeLinear (TensorRT, OpenVINO, ...) can build from the QDQ ONNX "
-        "with their own converter. For a float file of this model, export its float self (as_float=True, co-trained "
-        "runs) or the float phase's best_fp.pt")
+        f"integers. A quantized model exports as {' or '.join(f'format={f}' for f in quantized_formats())}; "
+        "toolchains that import ONNX with QuantizeLinear/DequantizeLinear (TensorRT, OpenVINO, ...) can build from the "
+        "QDQ ONNX with their own converter. For a float file of this model, export its float self (as_float=True, "
+        "co-trained runs) or the float phase's best_fp.pt")
 
 
 def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict[str, Any], source: Path,
@@ -77,7 +154,7 @@ def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict
         callbacks: Ultralytics callbacks for the exporter.
     """
     from ghost_yolo.cfg import ghost_defaults, split_ghost_args
-    from ghost_yolo.data.io import modality_for_channels
+
     stock, ghost = split_ghost_args(kwargs)
     opts = {**{k: v for k, v in ghost_defaults().items() if k in EXPORT_KEYS}, **ghost}
     quantized = quant_state(model) is QuantState.ACTIVE  # a float self or a float-phase model exports as float
@@ -87,16 +164,14 @@ def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict
         fmt = stock["format"] = "onnx"
     if opts["int4"] and fmt != "onnx":
         raise ValueError("int4=True applies to format=onnx only")
-    if quantized and fmt not in QUANTIZED_FORMATS:
+    if opts["int4"] and not quantized:
+        raise ValueError("int4=True needs a quantized model, but every layer of this one is float (32 bit): train "
+                         "with bits=4 or bits=hq first")
+    registered = EXPORT_FORMATS.get(fmt)
+    if quantized and not (registered and registered.quantized):
         refuse_quantized(fmt or "torchscript")
-    if fmt in GHOST_FORMATS:
-        return GHOST_FORMATS[fmt](model, source, overrides)
-    custom = {"imgsz": model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
-    args = {**split_ghost_args(overrides)[0], **custom, **stock, "mode": "export"}
-    exporter = GhostExporter(overrides=args, _callbacks=callbacks, int4=opts["int4"], calib=opts["calib"],
-                             calib_data=stock.get("data") or overrides.get("data"),
-                             modality=modality_for_channels(int(model.yaml.get("channels", 3))))
-    return exporter(model=model)
+    job = ExportJob(model, fmt, stock, bool(opts["int4"]), int(opts["calib"]), quantized, overrides, source, callbacks)
+    return (registered.writer if registered else export_ultralytics)(job)
 
 
 class GhostExporter(Exporter):
@@ -107,13 +182,16 @@ class GhostExporter(Exporter):
         calib (int): Images that fit the block convs' 8-bit output grids of models trained without ``out_quant``.
         calib_data (str | None): Data YAML the calibration images come from (its val split).
         modality (str): Input modality of the model (selects the paired channels).
+        integer (bool): Write the integer QDQ graph (a quantized model, as ``export_model`` decided) for ONNX.
     """
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
-                 int4: bool = False, calib: int = 32, calib_data: str | None = None, modality: str | None = None):
+                 int4: bool = False, calib: int = 32, calib_data: str | None = None, modality: str | None = None,
+                 integer: bool = False):
         """Ultralytics' exporter plus the integer-export options."""
         super().__init__(cfg, overrides, _callbacks)
         self.int4, self.calib, self.calib_data, self.modality = bool(int4), int(calib), calib_data, modality
+        self.integer = bool(integer)
 
     def __call__(self, model: torch.nn.Module) -> str:
         """Export like Ultralytics; its closing 'Predict:'/'Validate:' hints print ``ghost`` commands (4-channel models
@@ -132,13 +210,10 @@ class GhostExporter(Exporter):
             yield b.to(self.device)
 
     def export_onnx(self, prefix: str = colorstr("ONNX:")):
-        """Float models: Ultralytics' export. Quantized models: output grids, swap to Q/DQ, export, integer weights."""
-        qconvs = active_qconvs(self.model)
-        if not qconvs:
-            if self.int4:
-                raise ValueError("int4=True needs a quantized model, but every layer of this one is float (32 bit): "
-                                 "train with bits=4 or bits=hq first")
+        """Float: Ultralytics' export. Integer (``export_model``'s choice): output grids, Q/DQ swap, integer weights."""
+        if not self.integer:
             return super().export_onnx(prefix)
+        qconvs = active_qconvs(self.model)
         ranges = trained_output_grids(self.model)
         if ranges:
             LOGGER.info(f"{prefix} quantized model: {len(qconvs)} integer convs, output grids from training")
