@@ -138,8 +138,10 @@ def summary_text(trainer: Any) -> str:
             lines.append(f"  start     quantization started from {when}: mAP50 {start['mAP50']:.3f}, mAP50-95 "
                          f"{num(start['mAP50-95'], '.3f')}")
         if (distiller := getattr(model, "distiller", None)) is not None:
-            lines.append(f"  distilled {distiller.describe()}"
-                         f"{' (SCM gate: gates.csv)' if (trainer.save_dir / 'gates.csv').exists() else ''}")
+            logs = [f"{t.stats_label}: {t.stats_file}" for t in distiller.terms.values()
+                    if t.stats_file and (trainer.save_dir / t.stats_file).exists()]
+            logged = f" ({'; '.join(logs)})" if logs else ""
+            lines.append(f"  distilled {distiller.describe()}{logged}")
         if (trainer.wdir / "best_fp.pt").exists():
             lines.append(f"  float     {trainer.wdir / 'best_fp.pt'} (the float phase's best)")
         if fs["batchnorm"] == "own":
