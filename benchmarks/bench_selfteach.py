@@ -40,8 +40,8 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from common import (RESULTS, ahead, cpu_name, make_step, paired, real_batch, round_ratios, run_main, step_peak_memory,
-                    timed_rounds, vedai_synth)
+from common import (RESULTS, ahead, cpu_class, cpu_name, make_step, md_table, paired, real_batch, round_ratios, run_main,
+                    step_peak_memory, timed_rounds, vedai_synth)
 
 CACHE = RESULTS / "selfteach_runs.jsonl"
 REPORT = RESULTS / "selfteach.md"
@@ -165,11 +165,31 @@ def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path
     minutes = (time.time() - t0) / 60
     rec = {"regime": regime, "arm": arm, "width": width, "seed": seed, "settings": SETTINGS,
            **evaluate(run / "weights" / "last.pt", full), "train_minutes": round(minutes, 2),
-           "cpu": cpu_name(), "threads": os.cpu_count()}
+           "cpu": cpu_name(), "cpu_class": cpu_class(), "threads": os.cpu_count()}
     if arm.startswith("co-"):
         fs = evaluate(run / "weights" / "last.pt", full, as_float=True)
         rec["float_self_map50"], rec["float_self_map"] = fs["map50"], fs["map"]
     return rec
+
+
+def rerun(cached: dict, now: dict, fp_rec: dict | None) -> None:
+    """Append a cached run trained again to ``selfteach_rerun.md``: both figures, the CPUs, and whether they agree."""
+    path = RESULTS / "selfteach_rerun.md"
+    if not path.exists():
+        path.write_text("# Cached self-teaching runs trained again (`bench_selfteach.py --rerun`)\n\n"
+                        "Same seed, settings and code path; a different CPU class (ISA, native bf16 teacher passes) "
+                        "changes floating-point rounding and so the training path, so figures agree to the digit only "
+                        "on the CPU class that made them.\n\n"
+                        + "\n".join(md_table(["run", "cached mAP50 / mAP50-95", "cached on", "now", "now on",
+                                               "converged float now (mAP50)", "same"])) + "\n")
+    same = (cached["map50"], cached["map"]) == (now["map50"], now["map"])
+    row = [f"{now['regime']} {now['width']} {now['arm']} seed {now['seed']}", f"{cached['map50']} / {cached['map']}",
+           f"{cached.get('cpu', '?')} ({cached.get('cpu_class', 'class not recorded')})",
+           f"{now['map50']} / {now['map']}", f"{now['cpu']} ({now['cpu_class']})",
+           (fp_rec or {}).get("map50", "-"), "yes" if same else "no"]
+    with path.open("a") as f:
+        f.write("| " + " | ".join(map(str, row)) + " |\n")
+    print(f"[selfteach] rerun {row}", flush=True)
 
 
 # Statistics and the report -------------------------------------------------------------------------------------------
@@ -382,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path(os.environ.get("GHOST_BENCH_DIR", Path.home() / ".cache" /
                                                                     "ghost-yolo-bench")))
     p.add_argument("--report", action="store_true", help="only rewrite selfteach.md from the cache")
+    p.add_argument("--rerun", action="store_true", help="train cached runs again and append the comparison with the "
+                   "cached figures to selfteach_rerun.md (the cache is left as it is)")
     p.add_argument("--step", action="store_true", help="step time and memory section (selfteach_step.md)")
     p.add_argument("--step-reps", type=int, default=11)
     p.add_argument("--grad-ratio", action="store_true", help="gradient of each loss vs detection (selfteach_grad.md)")
@@ -408,11 +430,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if fp_rec:
         print(f"converged float model: {fp_rec}")
-    done = {key(r) for r in load_cache()}
+    done = {key(r): r for r in load_cache()}
     for seed in a.seeds:  # seed-major: partial results are paired across arms
         for width in a.widths:
             for arm in a.arms:
                 probe = {"regime": a.regime, "arm": arm, "width": width, "seed": seed, "settings": SETTINGS}
+                if key(probe) in done and a.rerun:
+                    if arm != "none" and "frozen" in arm and fp is None:
+                        fp = converged_float(a.work, small, full)[0]
+                    rerun(done[key(probe)], run_one(a.regime, arm, width, seed, a.work, full, small, fp), fp_rec)
+                    continue
                 if key(probe) in done:
                     continue
                 if arm != "none" and "frozen" in arm and fp is None:

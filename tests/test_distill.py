@@ -266,8 +266,8 @@ def test_pipeline_outputs(qtrained, easy_yaml):
     opened = {k: float(v) for k, v in gates[0].items() if k != "epoch"}
     assert list(opened) == [f"layer{i}" for i in s["distillation"]["layers"]]  # a column per distilled layer
     assert opened == s["distillation"]["gate_open_last_epoch"]
-    # open fraction = open gates / the epoch's training pairs; a stuck gate would read 0 or 1 on every layer
-    assert all(abs(EASY_TRAIN * v - round(EASY_TRAIN * v)) < 1e-6 and 0 < v < 1 for v in opened.values())
+    # open fraction = open gates / the epoch's training pairs (written to 4 decimals); a stuck gate would read 0 or 1
+    assert all(abs(EASY_TRAIN * v - round(EASY_TRAIN * v)) <= EASY_TRAIN * 5e-5 and 0 < v < 1 for v in opened.values())
     assert (qtrained / "gates.png").stat().st_size > 1000
     assert s["fp_epochs"] == 1 and s["distillation"]["kd"] == "ost" and s["distillation"]["teacher"] == "self"
     q = s["quantization"]

@@ -12,21 +12,29 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import IMGSZ, read_csv
+from conftest import EASY_EPOCHS, IMGSZ, MAP50_FLOOR, read_csv
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.models.model import GhostDetectionModel
 
 
-def _val_pair(synth_yaml: Path) -> Path:
-    return sorted((synth_yaml.parent / "images" / "val").glob("*_co.png"))[0]
+def _val_pair(data_yaml: Path) -> Path:
+    return sorted((data_yaml.parent / "images" / "val").glob("*_co.png"))[0]
+
+
+def test_trained_fixture_learned(trained):
+    """Guard for every test that compares metrics across paths on ``trained``: the fixture's model learned the easy
+    set, so those tests compare real figures, not 0 with 0."""
+    final = json.loads((trained / "summary.json").read_text())["metrics"]["mAP50"]
+    assert final >= MAP50_FLOOR, (f"the trained fixture stopped learning: mAP50 {final:.3f} < {MAP50_FLOOR} on the easy "
+                                  "set (see EASY_RECIPE in conftest.py); metric parity tests would compare zeros")
 
 
 def test_train_outputs(trained):
-    """A 1-epoch run writes weights, results.csv with the loss columns, and side-by-side colour|IR mosaics."""
+    """A run writes weights, results.csv with the loss columns, and side-by-side colour|IR mosaics."""
     assert (trained / "weights" / "best.pt").is_file() and (trained / "weights" / "last.pt").is_file()
     rows = read_csv(trained / "results.csv")
-    assert [int(float(r["epoch"])) for r in rows] == [1]
+    assert [int(float(r["epoch"])) for r in rows] == list(range(1, EASY_EPOCHS + 1))
     assert {"train/box_loss", "train/cls_loss", "metrics/mAP50(B)"} <= set(rows[0])
     assert float(rows[0]["train/cls_loss"]) > 0
     mosaic = cv2.imread(str(trained / "train_batch0.jpg"))
@@ -43,16 +51,19 @@ def test_checkpoint_keeps_modality_and_yaml(trained):
     assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in m.model.parameters())
 
 
-def test_val_returns_metrics(trained, synth_yaml):
-    metrics = GhostYOLO(trained / "weights" / "best.pt").val(data=str(synth_yaml), imgsz=IMGSZ, batch=4, plots=False,
+def test_val_returns_metrics(trained, easy_yaml):
+    metrics = GhostYOLO(trained / "weights" / "best.pt").val(data=str(easy_yaml), imgsz=IMGSZ, batch=4, plots=False,
                                                            project=str(trained.parent), name="val")
-    labels = sorted((synth_yaml.parent / "labels" / "val").glob("*.txt"))
+    labels = sorted((easy_yaml.parent / "labels" / "val").glob("*.txt"))
     classes = [int(line.split()[0]) for p in labels for line in p.read_text().splitlines() if line.strip()]
     assert metrics.box.nc == 8
     assert metrics.box.ap_class_index.tolist() == sorted(set(classes))  # AP for exactly the classes present in val
     assert metrics.results_dict["metrics/mAP50(B)"] == pytest.approx(metrics.box.map50)
     assert int(metrics.nt_per_class.sum()) == len(classes)  # every object seen
     assert metrics.nt_per_class.tolist() == np.bincount(classes, minlength=8).tolist()  # and counted in its class
+    # the run's own final val (same weights, same split) measured the same figure
+    final = json.loads((trained / "summary.json").read_text())["metrics"]["mAP50"]
+    assert metrics.box.map50 == pytest.approx(final, abs=1e-3) and metrics.box.map50 > 0
 
 
 def _predict_boxes(weights: Path, source: Path) -> list[list[float]]:
@@ -60,9 +71,9 @@ def _predict_boxes(weights: Path, source: Path) -> list[list[float]]:
     return r.boxes.data.tolist()
 
 
-def test_reload_in_fresh_process(trained, synth_yaml):
+def test_reload_in_fresh_process(trained, easy_yaml):
     """The checkpoint loads and predicts identically in a new interpreter (modules registered by import)."""
-    weights, pair = trained / "weights" / "best.pt", _val_pair(synth_yaml)
+    weights, pair = trained / "weights" / "best.pt", _val_pair(easy_yaml)
     here = _predict_boxes(weights, pair)
     code = (f"import json; from ghost_yolo import GhostYOLO; "
             f"r = GhostYOLO({str(weights)!r}).predict({str(pair)!r}, imgsz={IMGSZ}, conf=0.0001, max_det=20, "
@@ -106,7 +117,7 @@ def test_predict_single_pair_forms(trained, synth_yaml):
     assert len(from_ir) == 1 and Path(from_ir[0].path).name == colour.name
 
 
-def test_onnx_export_parity_and_backends(trained, synth_yaml):
+def test_onnx_export_parity_and_backends(trained, easy_yaml):
     """ONNX has one 4-channel input, onnxruntime matches PyTorch numerically, and val/predict run on it."""
     import onnxruntime as ort
 
@@ -126,13 +137,14 @@ def test_onnx_export_parity_and_backends(trained, synth_yaml):
 
     onnx_model = GhostYOLO(f)
     assert onnx_model.channels == 4
-    res = onnx_model.predict(str(_val_pair(synth_yaml)), imgsz=IMGSZ, conf=0.0001, verbose=False)
-    assert len(res) == 1 and res[0].ir_img.shape == cv2.imread(str(_val_pair(synth_yaml))).shape[:2]
-    metrics = onnx_model.val(data=str(synth_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
-                             name="val_onnx")
-    pt_metrics = model.val(data=str(synth_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
+    res = onnx_model.predict(str(_val_pair(easy_yaml)), imgsz=IMGSZ, conf=0.0001, verbose=False)
+    assert len(res) == 1 and res[0].ir_img.shape == cv2.imread(str(_val_pair(easy_yaml))).shape[:2]
+    # rect=False for both: a dynamic ONNX model keeps Ultralytics' rect val (padded to 96 px here), a static one not
+    metrics = onnx_model.val(data=str(easy_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
+                             name="val_onnx", rect=False)
+    pt_metrics = model.val(data=str(easy_yaml), imgsz=IMGSZ, batch=1, plots=False, project=str(trained.parent),
                            name="val_pt", rect=False)
-    assert abs(metrics.box.map50 - pt_metrics.box.map50) < 0.02
+    assert pt_metrics.box.map50 > 0 and abs(metrics.box.map50 - pt_metrics.box.map50) < 0.005
 
 
 @pytest.mark.slow

@@ -135,9 +135,9 @@ def test_drop_modality_val_dataset_equals_data_without_that_band(pairs_yaml, tmp
 
 @pytest.fixture
 def val_run(monkeypatch, trained, tmp_path):
-    """Validate best.pt of the 1-epoch model; returns (metrics, per image: the head's raw output and the predictions
-    the validator scored). A model trained this briefly can give the same boxes after NMS whatever it is shown, so the
-    raw output is what tells two inputs apart."""
+    """Validate best.pt of the float test model; returns (metrics, per image: the head's raw output and the
+    predictions the validator scored). Boxes after NMS can agree for two inputs, so the raw output is what tells them
+    apart."""
     from ghost_yolo.engine.validator import GhostValidator
 
     seen = []
@@ -165,16 +165,17 @@ def same(a: list, b: list) -> bool:
                                     for x, y in zip(a, b))
 
 
-def test_drop_modality_val_differs_from_full_and_equals_filled_data(val_run, trained, synth_yaml, tmp_path):
-    filled = copy_pairs(synth_yaml.parent / "images" / "val", tmp_path / "filled", 8, fill="ir")
-    full = copy_pairs(synth_yaml.parent / "images" / "val", tmp_path / "full", 8)
+def test_drop_modality_val_differs_from_full_and_equals_filled_data(val_run, trained, easy_yaml, tmp_path):
+    filled = copy_pairs(easy_yaml.parent / "images" / "val", tmp_path / "filled", 8, fill="ir")
+    full = copy_pairs(easy_yaml.parent / "images" / "val", tmp_path / "full", 8)
     names = GhostYOLO(trained / "weights" / "best.pt").model.names
     for root in (filled, full):
         write_yaml(root, train="images", names=names)
     m_drop, p_drop = val_run(full / "data.yaml", drop_modality="ir")
     m_fill, p_fill = val_run(filled / "data.yaml")
     m_full, p_full = val_run(full / "data.yaml")
-    assert sum(len(p["conf"]) for p in p_drop) > 0
+    assert sum(len(p["conf"]) for p in p_drop) > 0 and m_full["metrics/mAP50(B)"] > 0
+    assert m_drop["metrics/mAP50(B)"] > 0  # the learned model still finds objects in colour alone: a real comparison
     assert same(p_drop, p_fill) and m_drop == m_fill
     assert not same(p_drop, p_full)
 

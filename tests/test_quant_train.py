@@ -12,7 +12,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import YAML
-from conftest import IMGSZ, read_csv
+from conftest import EASY_VAL, IMGSZ, QMAP50_FLOOR, read_csv
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.cli import entrypoint
@@ -21,6 +21,16 @@ from ghost_yolo.quant import get_bits, quant_layers, set_quant_enabled
 
 def _bits_yaml(path: Path) -> dict[str, int]:
     return YAML.load(path)["bits"]
+
+
+def test_qtrained_fixture_learned(qtrained):
+    """Guard for the metric comparisons on ``qtrained``: the quantized model (and its float self) still detect on the
+    easy set, so those tests compare real figures, not 0 with 0."""
+    q = json.loads((qtrained / "summary.json").read_text())["quantization"]
+    for key in ("quantized", "float_self", "float_start"):
+        assert q[key]["mAP50"] >= QMAP50_FLOOR, (
+            f"the qtrained fixture stopped learning: {key} mAP50 {q[key]['mAP50']:.3f} < {QMAP50_FLOOR} on the easy "
+            "set (see conftest.py); metric parity tests would compare zeros")
 
 
 def test_quantized_run_outputs(qtrained):
@@ -52,7 +62,7 @@ print(sorted(get_bits(m.model).items()) == sorted({_bits_yaml(qtrained / 'bits.y
     assert out.stdout.split()[-2:] == ["True", "True"]
 
 
-def test_fused_matches_unfused_trained(qtrained, synth_yaml):
+def test_fused_matches_unfused_trained(qtrained, easy_yaml):
     """On real val images the fused model (what predict/export run) agrees with the unfused one (training val)."""
     import cv2
 
@@ -60,26 +70,34 @@ def test_fused_matches_unfused_trained(qtrained, synth_yaml):
 
     model, _ = load_checkpoint(qtrained / "weights" / "best.pt")
     model = model.float().eval()
-    co = sorted((synth_yaml.parent / "images" / "val").glob("*_co.png"))[:4]
+    co = sorted((easy_yaml.parent / "images" / "val").glob("*_co.png"))[:4]
     ims = [cv2.resize(load_pair(p, p.with_name(p.name.replace("_co", "_ir")), "rgb+ir"), (IMGSZ, IMGSZ)) for p in co]
     x = torch.from_numpy(__import__("numpy").stack(ims)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         ref = model(x)[0]
         out = deepcopy(model).fuse(verbose=False)(x)[0]
-    box_err = (out[:, :4] - ref[:, :4]).abs().max().item()
+    # boxes where the model sees an object (score > 0.01): on background anchors the box distribution is flat and a
+    # one-code change moves its mean by pixels, which no detection shows
+    seen = ref[:, 4:].amax(1) > 0.01
+    assert seen.sum() >= 4  # the learned model finds the objects of these images
+    box_err = (out[:, :4] - ref[:, :4]).abs().permute(0, 2, 1)[seen].max().item()
     cls_err = (out[:, 4:] - ref[:, 4:]).abs().max().item()
     assert box_err < 0.5 and cls_err < 0.02, (box_err, cls_err)  # within one quantization step of the head
 
 
-def test_quantized_val_and_predict(qtrained, synth_yaml):
-    """The quantized checkpoint validates and predicts on pairs like a float one."""
+def test_quantized_val_and_predict(qtrained, easy_yaml):
+    """The quantized checkpoint validates and predicts on pairs like a float one; validated again on its own it scores
+    what the run's final val reported for it."""
     m = GhostYOLO(qtrained / "weights" / "best.pt")
-    metrics = m.val(data=str(synth_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False)
-    labels = sorted((synth_yaml.parent / "labels" / "val").glob("*.txt"))
+    metrics = m.val(data=str(easy_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False)
+    labels = sorted((easy_yaml.parent / "labels" / "val").glob("*.txt"))
     assert int(metrics.nt_per_class.sum()) == sum(len(p.read_text().split()) // 5 for p in labels)  # every object seen
     assert metrics.results_dict["metrics/mAP50(B)"] == pytest.approx(metrics.box.map50)
-    res = m.predict(source=str(synth_yaml.parent / "images" / "val"), imgsz=IMGSZ, save=False, verbose=False)
-    assert len(res) == 8
+    q = json.loads((qtrained / "summary.json").read_text())["quantization"]["quantized"]
+    assert metrics.box.map50 > 0 and metrics.box.map50 == pytest.approx(q["mAP50"], abs=1e-3)
+    assert metrics.box.map == pytest.approx(q["mAP50-95"], abs=1e-3)
+    res = m.predict(source=str(easy_yaml.parent / "images" / "val"), imgsz=IMGSZ, save=False, verbose=False)
+    assert len(res) == EASY_VAL
 
 
 @pytest.mark.slow
@@ -187,7 +205,7 @@ def test_hq_on_random_init_warns(log):
 
 
 @pytest.mark.slow
-def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
+def test_qat_from_float_checkpoint(trained, easy_yaml, tmp_path):
     """model=float best.pt bits=8: the float model is validated first, quantized at once, and both are summarised."""
     from ghost_yolo.engine.trainer import GhostTrainer
 
@@ -196,24 +214,23 @@ def test_qat_from_float_checkpoint(trained, synth_yaml, tmp_path):
     class Spy(GhostTrainer):
         def final_eval(self):
             super().final_eval()
-            seen["report"], seen["summary"], seen["metrics"] = self.quant_report(), self.summary(), dict(self.metrics)
+            seen["report"], seen["summary"] = self.quant_report(), self.summary()
 
     m = GhostYOLO(trained / "weights" / "best.pt")
-    m.train(trainer=Spy, data=str(synth_yaml), bits=8, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
-            name="qat", plots=False)
+    m.train(trainer=Spy, data=str(easy_yaml), bits=8, epochs=1, imgsz=IMGSZ, batch=8, workers=0, project=str(tmp_path),
+            name="qat", plots=False, warmup_epochs=0)
     rep = seen["report"]
     # float start: the given float best.pt validated before quantizing, i.e. what that run's own final val measured
     float_run = json.loads((trained / "summary.json").read_text())["metrics"]
-    assert rep["float_start"]["mAP50"] == pytest.approx(float_run["mAP50"], abs=1e-3)
+    assert float_run["mAP50"] > 0 and rep["float_start"]["mAP50"] == pytest.approx(float_run["mAP50"], abs=1e-3)
     assert rep["float_start"]["mAP50-95"] == pytest.approx(float_run["mAP50-95"], abs=1e-3)
-    assert rep["quantized"]["mAP50"] == seen["metrics"]["metrics/mAP50(B)"]  # the final val of the quantized best.pt
     assert rep["float_start"]["epoch"] is None  # started from given weights
     # no co-trained float self: the float self is best.pt with its quantizers off (the shared BatchNorm), validated again
     assert rep["float_self"]["batchnorm"] == "shared"
     latent = GhostYOLO(tmp_path / "qat" / "weights" / "best.pt")
     set_quant_enabled(latent.model, False)
-    fs = latent.val(data=str(synth_yaml), imgsz=IMGSZ, batch=16, workers=0, plots=False)
-    assert rep["float_self"]["mAP50"] == pytest.approx(fs.box.map50, abs=1e-3)
+    fs = latent.val(data=str(easy_yaml), imgsz=IMGSZ, batch=16, workers=0, plots=False)
+    assert fs.box.map50 > 0 and rep["float_self"]["mAP50"] == pytest.approx(fs.box.map50, abs=1e-3)
     assert rep["quantized"]["size_mb"] < rep["float_self"]["size_mb"] / 3 and rep["avg_w_bits"] == 8
     assert "float" in seen["summary"] and "GBOPs" in seen["summary"]
     q, _ = load_checkpoint(tmp_path / "qat" / "weights" / "best.pt")

@@ -235,12 +235,16 @@ def test_float_self_val_predict_export(qtrained, synth_yaml, tmp_path, log):
 
     best = qtrained / "weights" / "best.pt"
     m = GhostYOLO(best)
-    q = m.val(data=str(synth_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False)
-    f = m.val(data=str(synth_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False, as_float=True)
+    q = m.val(data=str(easy_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False)
+    f = m.val(data=str(easy_yaml), imgsz=IMGSZ, batch=8, workers=0, plots=False, as_float=True)
     assert "evaluating the float self of" in log.text and "evaluating the quantized model" in log.text
     assert int(q.nt_per_class.sum()) == int(f.nt_per_class.sum()) > 0  # both saw every object of the val split
+    # each scored as the run's summary scored it: the default is the quantized model, as_float=True its float self
+    summary = json.loads((qtrained / "summary.json").read_text())["quantization"]
+    assert q.box.map50 > 0 and q.box.map50 == pytest.approx(summary["quantized"]["mAP50"], abs=1e-3)
+    assert f.box.map50 > 0 and f.box.map50 == pytest.approx(summary["float_self"]["mAP50"], abs=1e-3)
     assert m.model.yaml["quant"]["enabled"]  # the model is left quantized
-    img = next((synth_yaml.parent / "images" / "val").glob("*_co.png"))
+    img = next((easy_yaml.parent / "images" / "val").glob("*_co.png"))
     res = m.predict(str(img), imgsz=IMGSZ, as_float=True, conf=0.0001)
     assert len(res) == 1 and res[0].ir_img.shape == cv2.imread(str(img)).shape[:2]
     onnx = m.export(format="onnx", imgsz=IMGSZ, as_float=True)
@@ -253,7 +257,7 @@ def test_float_self_val_predict_export(qtrained, synth_yaml, tmp_path, log):
         ref = fs(torch.from_numpy(x))[0].numpy()
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert np.abs(out - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
-    assert entrypoint(f"val model={best} data={synth_yaml} imgsz={IMGSZ} batch=8 workers=0 plots=False "
+    assert entrypoint(f"val model={best} data={easy_yaml} imgsz={IMGSZ} batch=8 workers=0 plots=False "
                       f"as_float=True project={tmp_path}") == 0
 
 
