@@ -7,7 +7,8 @@ Both sides run in ONE process on the SAME float32 weights: every ``nn.Conv2d`` o
 - Reference (scikit-learn, as in the paper's code): per layer, for b = 2, 3, ...: ``KMeans(n_clusters=2**b,
   init='k-means++', n_init=1, max_iter=50, random_state=0)`` on the weights reshaped to (-1, 1); stop at the first b
   with d = inertia / n * 1e6 < threshold (8 if none).
-- Ours: ``ghost_yolo.quant.kmeans.hq_search`` (same rule).
+- Ours: the production search's rule (``ghost_yolo.quant.search.hq_plan`` without the keep policy): ``hq_distortions``
+  at b = 2..8, then ``pick_bits`` (same rule).
 
 Tiny layers: scikit-learn refuses more clusters than samples, so its k is min(2**b, unique values); ours returns
 every unique value as a centre in that case (inertia 0), which is the same answer.
@@ -131,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from ghost_yolo.quant.kmeans import hq_distortions, hq_search
+    from ghost_yolo.quant.kmeans import hq_distortions, pick_bits
+
+    def hq_search(weights: dict, threshold: float = 0.1) -> dict[str, int]:
+        """ghost's search as ``hq_plan`` runs it, keep policy off: every width's distortion, then the first under
+        the threshold."""
+        return {n: pick_bits(d, threshold, 2, 8) for n, d in hq_distortions(weights).items()}
 
     torch.set_num_threads(args.threads)
     weights, source = load_weights(args.weights)

@@ -1,20 +1,43 @@
 """Tests for the 1-D k-means behind the HQ bit search: known cluster structure, exactness against brute force and a
-naive Lloyd, edge cases (few unique values, constants, bad input), bit clipping, option validation and determinism."""
+naive Lloyd, edge cases (few unique values, constants, bad input), bit clipping, option validation and determinism.
+
+Widths are chosen through the production search (``QuantRecipe(bits=hq).widths``, i.e. ``quant.search.hq_plan``) on a
+model of 1x1 convs holding the test values, with the keep-first/keep-head policy off."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from ghost_yolo.quant.kmeans import (
-    DP_MAX,
-    choose_bits,
-    distortion,
-    hq_distortions,
-    hq_search,
-    kmeans_1d,
-)
+from ghost_yolo.quant import QuantRecipe
+from ghost_yolo.quant.kmeans import DP_MAX, hq_distortions, kmeans_1d
+
+
+# The production search on given values ---------------------------------------------------------------------------------
+def hq_search(weights: dict[str, torch.Tensor], threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
+              progress: bool = False) -> dict[str, int]:
+    """``{layer: bits}`` from ``QuantRecipe(bits=hq).widths`` on a model whose 1x1 convs hold ``weights`` (in order)."""
+    model = nn.ModuleDict()
+    for name, w in weights.items():
+        conv = nn.Conv2d(1, w.numel(), 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.as_tensor(w).reshape(-1, 1, 1, 1))
+        model[name] = conv
+    recipe = QuantRecipe.from_args(bits="hq", hq_threshold=threshold, bit_min=bit_min, bit_max=bit_max,
+                                   keep_first=False, keep_head=False)
+    return recipe.widths(model, progress=progress)[0]
+
+
+def choose_bits(values: torch.Tensor, **kwargs) -> int:
+    """The production search's width for one layer holding ``values``."""
+    return hq_search({"w": values}, **kwargs)["w"]
+
+
+def distortion(values: torch.Tensor, bits: int) -> float:
+    """HQ distortion of ``values`` at one width."""
+    return hq_distortions({"w": values}, [bits])["w"][bits]
 
 
 # Naive references -----------------------------------------------------------------------------------------------------
@@ -183,12 +206,9 @@ def test_bit_min_bit_max_clipping():
     ],
 )
 def test_bad_options_raise(kwargs, match):
-    """Bad search options fail fast, naming the option, in both the per-layer and the whole-model entry points."""
-    w = torch.randn(64)
+    """Bad search options fail fast, naming the option, when the run's recipe is read (before any training)."""
     with pytest.raises(ValueError, match=match):
-        choose_bits(w, **kwargs)
-    with pytest.raises(ValueError, match=match):
-        hq_search({"w": w}, **kwargs)
+        choose_bits(torch.randn(64), **kwargs)
 
 
 def test_deterministic_and_input_agnostic():

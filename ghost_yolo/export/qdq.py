@@ -29,7 +29,7 @@ from ultralytics.utils import LOGGER
 from ghost_yolo.nn.qconv import QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import LSQAct
 
-__all__ = ("QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "qdq_summary", "to_qdq", "trained_output_grids")
+__all__ = ("QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "to_qdq", "trained_output_grids")
 
 # ops that compute a quantization range at run time; a plain ReduceMean is not one (the dual stem's squeeze-excite
 # and other global poolings export as ReduceMean)
@@ -297,19 +297,3 @@ def _clip_to_saturation(g: Any, consts: dict[str, np.ndarray]) -> int:
                                                                  [out], name=f"{q.name}_top"))
         done += 1
     return done
-
-
-def qdq_summary(path: str | Path) -> dict[str, Any]:
-    """Op and initializer type counts of an ONNX file (for logs and tests)."""
-    import onnx
-    from onnx import TensorProto
-
-    g = onnx.load(str(path)).graph
-    ops: dict[str, int] = {}
-    for n in g.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    types: dict[str, int] = {}
-    for t in g.initializer:
-        k = TensorProto.DataType.Name(t.data_type)
-        types[k] = types.get(k, 0) + 1
-    return {"ops": ops, "initializers": types}

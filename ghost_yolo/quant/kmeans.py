@@ -2,7 +2,8 @@
 
 For each conv layer and b = 2, 3, ..., 8, cluster all weight values into k = 2**b centres; the distortion
 d = inertia / n * 1e6 is the scaled mean squared distance to the nearest centre. The layer gets the first b with
-d < threshold (8 if none), clipped to [bit_min, bit_max].
+d < threshold (8 if none), clipped to [bit_min, bit_max] (``pick_bits``). This module gives the distortions
+(``hq_distortions``); the search over a model, with the keep policy, is ``quant.search.hq_plan``.
 
 In 1-D, clusters are runs of the sorted values, so everything works on the sorted unique values, their counts and
 prefix sums (float64): a Lloyd step costs O(k log n) (``searchsorted`` for the boundaries, prefix-sum differences for
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-__all__ = ("check_search_args", "choose_bits", "distortion", "hq_distortions", "hq_search", "kmeans_1d", "pick_bits")
+__all__ = ("check_search_args", "hq_distortions", "kmeans_1d", "pick_bits")
 
 Values = torch.Tensor | np.ndarray  # any shape; flattened
 Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # unique values, counts, prefix sums S0, S1
@@ -166,11 +167,6 @@ def kmeans_1d(values: Values, k: int, iters: int = 50, tol: float = 0.0) -> tupl
     return torch.from_numpy(c.copy()), inertia
 
 
-def distortion(values: Values, bits: int, iters: int = 50, tol: float = 0.0) -> float:
-    """HQ distortion at one width: k-means inertia / n * 1e6 with k = 2**bits (mean squared error, scaled)."""
-    return _table({"": values}, [bits], iters, tol)[""][bits]
-
-
 def _table(weights: dict[str, Values], bits: Iterable[int], iters: int = 50, tol: float = 0.0,
            progress: bool = False) -> dict[str, dict[int, float]]:
     """Distortion of every layer at every width; each layer is sorted ONCE and all its k are solved in one batch.
@@ -225,23 +221,7 @@ def pick_bits(d: dict[int, float], threshold: float, bit_min: int, bit_max: int)
     return min(max(b, bit_min), bit_max)
 
 
-def choose_bits(values: Values, threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8) -> int:
-    """Bits for one layer: the first b in 2..8 whose k-means distortion is below ``threshold``, clipped.
-
-    Widths above ``bit_max`` cannot change the clipped answer, so only 2..bit_max are clustered (in one batch).
-    """
-    return hq_search({"": values}, threshold, bit_min, bit_max)[""]
-
-
 def hq_distortions(weights: dict[str, Values], bits: Iterable[int] = range(2, 9),
                    progress: bool = False) -> dict[str, dict[int, float]]:
     """Distortion d at every width in ``bits`` for every layer (the table shown to users, and the benchmark)."""
     return _table(weights, bits, progress=progress)
-
-
-def hq_search(weights: dict[str, Values], threshold: float = 0.1, bit_min: int = 2, bit_max: int = 8,
-              progress: bool = False) -> dict[str, int]:
-    """HQ bit search: ``{layer: bits}`` in the order of ``weights`` (layer name -> full-precision weight tensor)."""
-    check_search_args(threshold, bit_min, bit_max)
-    table = _table(weights, range(2, bit_max + 1), progress=progress)
-    return {name: pick_bits(d, threshold, bit_min, bit_max) for name, d in table.items()}
