@@ -102,23 +102,32 @@ def test_convert_equals_unconverted():
 
 
 def test_register_quantizer():
-    """A new quantizer pair is usable by name after registering; a taken name or a wrong class is refused."""
-    from ghost_yolo.nn.quantizers import LSQAct, LSQWeight
+    """@register_quantizer(name) on a weight and an activation class makes the pair usable by name (once both are
+    registered); a taken half, an empty name or a class that is no quantizer is refused; the built-ins use it."""
+    from ghost_yolo.nn import quantizers
+    from ghost_yolo.nn.quantizers import DoReFaAct, DoReFaWeight, LSQAct, LSQWeight
 
-    class HalfRangeAct(LSQAct):
-        pass
-
+    assert QUANTIZERS == {"lsq": (LSQWeight, LSQAct), "dorefa": (DoReFaWeight, DoReFaAct)}
     try:
-        register_quantizer("lsq-test", LSQWeight, HalfRangeAct)
+        @register_quantizer("lsq-test")
+        class HalfRangeAct(LSQAct):
+            pass
+
+        assert "lsq-test" not in QUANTIZERS  # half a pair is not a quantizer yet
+        assert register_quantizer("lsq-test")(LSQWeight) is LSQWeight
+        assert QUANTIZERS["lsq-test"] == (LSQWeight, HalfRangeAct)
         m = quantize_model(_model(), bits=4, quantizer="lsq-test")
         assert {q.quantizer for q in quant_layers(m).values()} == {"lsq-test"}
         assert all(isinstance(q.input_quant, HalfRangeAct) for q in quant_layers(m).values())
-        with pytest.raises(ValueError, match="taken"):
-            register_quantizer("lsq", LSQWeight, HalfRangeAct)
-        with pytest.raises(TypeError, match="subclass"):
-            register_quantizer("bad", LSQAct, LSQAct)
+        with pytest.raises(ValueError, match="'lsq': its act quantizer is taken"):
+            register_quantizer("lsq")(HalfRangeAct)
+        with pytest.raises(ValueError, match="needs a name"):
+            register_quantizer("")(HalfRangeAct)
+        with pytest.raises(TypeError, match="neither a WeightQuantizer nor an ActQuantizer"):
+            register_quantizer("bad")(torch.nn.Identity)
     finally:
         QUANTIZERS.pop("lsq-test", None)
+        quantizers._HALVES.pop("lsq-test", None)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "openvino", "coreml", "engine"])

@@ -6,13 +6,15 @@ and buffers (saved with checkpoints, averaged by EMA); the switches are plain Py
 (`enabled` for the float-teacher pass, `bits` from the bit search). ``bits == 32`` means float (pass-through).
 
 Registry: ``QUANTIZERS[name] = (weight quantizer class, activation quantizer class)``, chosen with ``quantizer=``. A new
-quantizer is a ``WeightQuantizer`` and an ``ActQuantizer`` subclass in one module, added with
-``register_quantizer(name, weight_cls, act_cls)``.
+quantizer is a ``WeightQuantizer`` and an ``ActQuantizer`` subclass in one module, each decorated with
+``@register_quantizer(name)`` (as ``lsq`` and ``dorefa`` below).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -160,6 +162,34 @@ class ActQuantizer(FakeQuantizer):
         raise NotImplementedError
 
 
+Q = TypeVar("Q", bound=FakeQuantizer)
+QUANTIZERS: dict[str, tuple[type[WeightQuantizer], type[ActQuantizer]]] = {}  # complete pairs, by name
+_HALVES: dict[str, dict[str, type[FakeQuantizer]]] = {}  # what each name has registered so far: {"weight"/"act": cls}
+
+
+def register_quantizer(name: str) -> Callable[[type[Q]], type[Q]]:
+    """Class decorator: the weight or activation half of ``quantizer=name``; the name is usable (in ``QUANTIZERS``)
+    once both halves are registered."""
+
+    def register(cls: type[Q]) -> type[Q]:
+        half = "weight" if issubclass(cls, WeightQuantizer) else "act" if issubclass(cls, ActQuantizer) else None
+        if half is None:
+            raise TypeError(f"quantizer {name!r}: {cls.__name__} is neither a WeightQuantizer nor an ActQuantizer "
+                            "subclass")
+        if not name:
+            raise ValueError(f"{cls.__name__}: a quantizer needs a name")
+        halves = _HALVES.setdefault(name, {})
+        if halves.get(half, cls) is not cls:
+            raise ValueError(f"quantizer {name!r}: its {half} quantizer is taken ({halves[half].__name__})")
+        halves[half] = cls
+        if len(halves) == 2:
+            QUANTIZERS[name] = (halves["weight"], halves["act"])
+        return cls
+
+    return register
+
+
+@register_quantizer("lsq")
 class LSQWeight(WeightQuantizer):
     """LSQ weights: per-output-channel symmetric grid ``s_c * [-2^(b-1), 2^(b-1)-1]`` with learned step sizes ``s_c``.
 
@@ -224,6 +254,7 @@ class LSQWeight(WeightQuantizer):
         return (w / s.view(-1, *([1] * (w.ndim - 1)))).round().clamp_(self.qmin, self.qmax), s
 
 
+@register_quantizer("lsq")
 class LSQAct(ActQuantizer):
     """LSQ activations: per-tensor grid ``s * ([0, 2^b - 1] - z)`` with a learned step ``s``.
 
@@ -286,6 +317,7 @@ class LSQAct(ActQuantizer):
         return float(s), int(self.zero_point(s)), self.levels
 
 
+@register_quantizer("dorefa")
 class DoReFaWeight(WeightQuantizer):
     """DoReFa weights (the GHOST reference): ``2 * round_b(tanh(w) / (2 max|tanh w|) + 0.5) - 1``, per output channel.
 
@@ -321,6 +353,7 @@ class DoReFaWeight(WeightQuantizer):
         return 2 * (t * n).round() - n, w.abs().flatten(1).amax(1) / n
 
 
+@register_quantizer("dorefa")
 class DoReFaAct(ActQuantizer):
     """DoReFa activations (the GHOST reference): ``round_b(clamp(x, 0, 1))``; assumes ReLU-fed inputs."""
 
@@ -335,18 +368,3 @@ class DoReFaAct(ActQuantizer):
         """Step ``1 / n`` on codes ``0..n`` with zero point 0."""
         n = 2**self.bits - 1
         return 1.0 / n, 0, n
-
-
-QUANTIZERS: dict[str, tuple[type[WeightQuantizer], type[ActQuantizer]]] = {
-    "lsq": (LSQWeight, LSQAct),
-    "dorefa": (DoReFaWeight, DoReFaAct),
-}
-
-
-def register_quantizer(name: str, weight: type[WeightQuantizer], act: type[ActQuantizer]) -> None:
-    """Make a weight/activation quantizer pair available to ``quantizer=name`` (and to checkpoints that name it)."""
-    if not name or QUANTIZERS.get(name, (weight, act)) != (weight, act):
-        raise ValueError(f"quantizer name {name!r} is empty or taken")
-    if not (issubclass(weight, WeightQuantizer) and issubclass(act, ActQuantizer)):
-        raise TypeError(f"quantizer {name!r}: a WeightQuantizer and an ActQuantizer subclass are needed")
-    QUANTIZERS[name] = (weight, act)
