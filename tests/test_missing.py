@@ -283,6 +283,15 @@ def test_checks():
         check_modality_dropout(0.3, "ir")
 
 
+def test_drop_modality_refused_in_training(synth_yaml, tmp_path):
+    """Training with drop_modality would validate, and pick best.pt, without that band: refused before anything runs,
+    pointing to modality_dropout."""
+    with pytest.raises(ValueError, match=r"drop_modality=ir is a val/predict key.*modality_dropout="):
+        GhostYOLO("ghost-n.yaml").train(data=str(synth_yaml), epochs=1, imgsz=IMGSZ, drop_modality="ir",
+                                        project=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.fixture
 def rgb_model(tmp_path) -> Path:
     """An untrained 3-channel (colour-only) checkpoint."""
@@ -302,6 +311,10 @@ def test_errors_are_one_clear_line(log, synth_yaml, rgb_model, tmp_path):
             "modality_dropout=1.5 is outside [0, 1]",
         f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} modality=rgb modality_dropout=0.5 project={tmp_path}":
             "modality_dropout=0.5 needs rgb+ir data",
+        f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} drop_modality=ir project={tmp_path}":
+            "drop_modality=ir is a val/predict key",
+        f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} drop_modality=rgb folds=1-2 project={tmp_path}":
+            "use modality_dropout=0.3",
     }
     for cmd, expected in cases.items():
         log.clear()

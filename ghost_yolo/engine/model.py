@@ -100,6 +100,11 @@ class GhostYOLO(Model):
         if str(self.ckpt_path or "").endswith(".ghost"):
             raise ValueError(f"{self.ckpt_path} is a packed inference model (BatchNorm folded, weights frozen on their "
                              "grids): val, predict and export it, and train from the .pt checkpoint it came from")
+        if kwargs.get("drop_modality") not in (None, ""):  # validation during training would drop it: best.pt too
+            raise ValueError(f"drop_modality={kwargs['drop_modality']} is a val/predict key (evaluate a trained rgb+ir "
+                             "model as if that sensor were missing), not a training key: to train a model that keeps "
+                             "working when a sensor fails use modality_dropout=0.3 (a training sample loses a band at "
+                             "that rate), to train on one band use modality=rgb or modality=ir")
         if kwargs.get("folds") not in (None, ""):  # the k-fold protocol: one run per fold (engine/folds.py)
             from .folds import train_folds
 
