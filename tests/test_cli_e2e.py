@@ -142,6 +142,21 @@ def test_resume_with_the_bare_word(user, synth_yaml):
     assert {p.name for p in runs.iterdir()} == before  # no new run directory: the same run went on
 
 
+def test_kd_none_from_the_command_line():
+    """`kd=none` parses to None (Ultralytics' parser): the run has no distillation, not the loss kd=auto picks."""
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    from ghost_yolo.cfg import ghost_defaults
+    from ghost_yolo.distill import DistillRecipe
+    from ghost_yolo.quant import QuantRecipe
+
+    base = {**DEFAULT_CFG_DICT, **ghost_defaults()}
+    for line, kd in (("kd=none bits=4", "none"), ("kd=dfl bits=4", "dfl"), ("bits=4", None)):
+        args = {**base, **parse_args(line.split(), base)}
+        recipe = DistillRecipe.from_args(args, QuantRecipe.from_args(args))
+        assert (recipe.kd, bool(recipe.auto)) == ((kd, False) if kd else (recipe.kd, True)), line  # None: kd=auto
+
+
 def test_bare_words_parse_like_yolo():
     from ultralytics.utils import DEFAULT_CFG_DICT
 

@@ -63,7 +63,9 @@ class DistillRecipe:
         d = ghost_defaults()
         kw = {f.name: args.get(f.name) for f in fields(cls) if f.name != "auto"}
         for k, v in kw.items():
-            if v in (None, "") and k not in ("teacher", "kd_layers"):
+            if k == "kd" and v is None and "kd" in args:  # the CLI reads kd=none as None: no distillation, not auto
+                kw[k] = "none"
+            elif v in (None, "") and k not in ("teacher", "kd_layers"):
                 kw[k] = d[k]
         kw["teacher"] = str(kw["teacher"]) if kw["teacher"] else None
         kw["float_self"] = str(kw["float_self"]).strip().lower()
