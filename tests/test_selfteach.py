@@ -228,7 +228,7 @@ def test_item_columns_are_fixed_from_the_start():
 
 
 # The float self as an artefact ----------------------------------------------------------------------------------------
-def test_float_self_val_predict_export(qtrained, synth_yaml, tmp_path, log):
+def test_float_self_val_predict_export(qtrained, easy_yaml, tmp_path, log):
     """best.pt of a co-trained run validates, predicts and exports as its float self (as_float=True); the default is
     the quantized model; the CLI says which it evaluated."""
     import onnxruntime as ort
