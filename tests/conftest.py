@@ -233,25 +233,22 @@ def fake_batch(n: int = 4) -> dict:
             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]]), "batch_idx": torch.tensor([0.0, 1.0])}
 
 
-def tiny_quant_model(kd: str = "cls+dfl", float_self: str = "cotrain", weight: float = 1.0):
+def tiny_quant_model(kd: str = "cls+dfl", float_self: str = "cotrain", weight: float = 1.0, **keys):
     """ghost-n (rgb+ir, 8 classes) at W4 with a distiller on its default layers, calibrated on noise, in train mode:
-    the quantized phase as the trainer builds it (a co-trained float self added when float_self='cotrain')."""
+    the quantized phase as the trainer builds it (``setup_qat`` from the run's two recipes; ``keys``: more run keys)."""
     import torch
     from ultralytics.utils import DEFAULT_CFG
 
-    from ghost_yolo.distill import Distiller, default_kd_layers, feature_channels, parse_kd
+    from ghost_yolo.distill import DistillRecipe
+    from ghost_yolo.engine.setup import setup_qat
     from ghost_yolo.models.model import GhostDetectionModel
-    from ghost_yolo.quant import add_float_self, calibrate, quantize_model
+    from ghost_yolo.quant import QuantRecipe
 
     torch.manual_seed(0)
     m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
-    quantize_model(m, bits=4)
-    layers = default_kd_layers(m)
-    m.distiller = Distiller.from_spec(m, parse_kd(kd), layers, feature_channels(m, layers),
-                                      {"float_self": float_self, "kd_weight": weight})
-    if float_self == "cotrain":
-        add_float_self(m)
-    calibrate(m, torch.rand(4, 4, IMGSZ, IMGSZ))
+    quant = QuantRecipe.from_args(keys, bits=keys.get("bits", 4))
+    distill = DistillRecipe.from_args(keys, quant, m, kd=kd, float_self=float_self, kd_weight=weight)
+    setup_qat(m, quant, distill, images=torch.rand(4, 4, IMGSZ, IMGSZ))
     m.args = DEFAULT_CFG  # loss hyperparameters, as the trainer sets them
     return m.train()
 

@@ -57,14 +57,14 @@ def test_gate_open_probability_is_sigmoid_of_logit():
     """Logistic noise makes P(open) = sigmoid(logit): 1/2 at logit 0 (a single Gumbel sample would give 0.63)."""
     gen = torch.Generator().manual_seed(0)
     for logit in (-2.0, 0.0, 1.5):
-        rate = scm_gate(torch.full((200_000,), logit), generator=gen).mean().item()
+        rate = scm_gate(torch.full((200_000,), logit), 1.0, generator=gen).mean().item()
         assert rate == pytest.approx(1 / (1 + math.exp(-logit)), abs=0.005)
 
 
 def test_gate_is_deterministic_at_eval():
     """At eval there is no noise: open exactly where the logit is positive, the same every call."""
     logits = torch.tensor([-1.0, -1e-3, 1e-3, 2.0])
-    assert scm_gate(logits, training=False).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert scm_gate(logits, 1.0, training=False).tolist() == [0.0, 0.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="kd_tau"):
         scm_gate(logits, tau=0)
 
@@ -89,7 +89,7 @@ def test_ost_loss_value_and_gradients():
     """kd = sum_l mean_b(g * d); the gate term is worth 0, prices (d / mean d - 1) into the gate's logits,
     and no gradient reaches a student feature whose gate is closed or through the gate's key."""
     torch.manual_seed(0)
-    d = OSTLoss([0, 1], [8, 16]).train()
+    d = OSTLoss([0, 1], [8, 16], gate=True, tau=1.0).train()
     student = [torch.randn(6, 8, 4, 4, requires_grad=True), torch.randn(6, 16, 2, 2, requires_grad=True)]
     teacher = [torch.randn(6, 8, 4, 4), torch.randn(6, 16, 2, 2)]
     kd, gate_term, g = d.gated_distance(student, teacher)
@@ -114,7 +114,7 @@ def test_ost_loss_value_and_gradients():
 
 def test_ost_without_gate_teaches_every_pair():
     """kd_gate=False: no projections, every pair taught, kd = sum_l mean_b(d)."""
-    d = OSTLoss([0], [8], gate=False)
+    d = OSTLoss([0], [8], gate=False, tau=1.0)
     assert not hasattr(d, "key") and sum(p.numel() for p in d.parameters()) == 0
     s, t = torch.randn(4, 8, 3, 3), torch.randn(4, 8, 3, 3)
     kd, _, g = d.gated_distance([s], [t])
@@ -123,7 +123,7 @@ def test_ost_without_gate_teaches_every_pair():
 
 def test_ost_batch_of_one():
     """A last batch of one sample still gates (BN in the projections falls back to running statistics)."""
-    d = OSTLoss([0], [8]).train()
+    d = OSTLoss([0], [8], gate=True, tau=1.0).train()
     kd, _, g = d.gated_distance([torch.randn(1, 8, 3, 3)], [torch.randn(1, 8, 3, 3)])
     assert g.shape == (1, 1) and torch.isfinite(kd) and d.training
 
