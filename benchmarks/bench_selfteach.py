@@ -151,7 +151,8 @@ def key(r: dict) -> tuple:
     return r["regime"], r["arm"], r["width"], r["seed"], json.dumps(r["settings"], sort_keys=True)
 
 
-def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path, small: Path, fp: Path | None) -> dict:
+def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path, small: Path, fp: Path | None,
+            fp_rec: dict | None = None) -> dict:
     """Train and evaluate one (regime, arm, width, seed)."""
     project = work / f"runs-{regime}"
     name = f"{arm}-{width}-s{seed}"
@@ -166,6 +167,8 @@ def run_one(regime: str, arm: str, width: str, seed: int, work: Path, full: Path
     rec = {"regime": regime, "arm": arm, "width": width, "seed": seed, "settings": SETTINGS,
            **evaluate(run / "weights" / "last.pt", full), "train_minutes": round(minutes, 2),
            "cpu": cpu_name(), "cpu_class": cpu_class(), "threads": os.cpu_count()}
+    if regime == "A" and fp_rec:  # which converged float model the run started from (one per machine and work dir)
+        rec["start_map50"], rec["start_map"] = fp_rec["map50"], fp_rec["map"]
     if arm.startswith("co-"):
         fs = evaluate(run / "weights" / "last.pt", full, as_float=True)
         rec["float_self_map50"], rec["float_self_map"] = fs["map50"], fs["map"]
@@ -199,7 +202,8 @@ def report(records: list[dict], fp_rec: dict | None = None) -> str:
     lines = ["# Self-teaching over paired seeds (`benchmarks/bench_selfteach.py`)", "",
              f"Data: vedai-synth rgb+ir, {s['n_train']} train pairs, {s['imgsz']} px, validation split of {s['n_val']} "
              "pairs evaluated once at the end of each run (final EMA weights, last.pt). Model ghost-n, LSQ, stem and "
-             f"head prediction convs at 8 bit, HQ at hq_threshold={WIDTHS['HQ']['hq_threshold']}, batch {s['batch']}, "
+             f"head prediction convs at 8 bit, HQ at hq_threshold={WIDTHS['HQ']['hq_threshold']} (HQ4: "
+             f"{WIDTHS['HQ4']['hq_threshold']}), batch {s['batch']}, "
              "optimizer auto (AdamW), every arm of a seed shares that seed. CPU: "
              f"{', '.join(sorted({r.get('cpu', '?') for r in records}))} (x86_64: the development machine's 2-core "
              "Xeon, recorded before the model name was), 2 cores, no GPU.", ""]
@@ -226,7 +230,14 @@ def report(records: list[dict], fp_rec: dict | None = None) -> str:
             base = {r["seed"]: r for r in rows if r["arm"] == "none"}
             qbits = [r["bits"] for r in rows if r["bits"] < 32] or [32.0]  # the float reference arm aside
             lines += [f"## Regime {regime}, {width} ({statistics.fmean(qbits):.2f} average weight "
-                      "bits)", "",
+                      "bits)", ""]
+            starts = sorted({(r["start_map50"], r["start_map"], f"{r['cpu']} ({r.get('cpu_class', '?')})")
+                             for r in rows if "start_map50" in r})
+            if starts and fp_rec and any(st[:2] != (fp_rec["map50"], fp_rec["map"]) for st in starts):
+                lines += ["These runs start from another converged float model, trained the same way on "
+                          + "; ".join(f"{c} (mAP50 {m50:.1f}, mAP50-95 {m:.1f})" for m50, m, c in starts)
+                          + ": compare arms within this section only.", ""]
+            lines += [
                       "| arm | seeds | mAP50 | mAP50-95 | vs none, mAP50 (95 % CI) | vs none, mAP50-95 | ahead | float "
                       "self mAP50 |", "|---|---|---|---|---|---|---|---|"]
             groups = []
@@ -269,11 +280,11 @@ def write_report(work: Path | None) -> None:
         f = w / "fp" / "converged.json"
         if f.exists():
             fp_rec = json.loads(f.read_text())
-    cached_fp = RESULTS / "selfteach_float.json"
-    if fp_rec:
-        cached_fp.write_text(json.dumps(fp_rec) + "\n")
-    elif cached_fp.exists():
+    cached_fp = RESULTS / "selfteach_float.json"  # the start of the report's first runs; later ones record their own
+    if cached_fp.exists():
         fp_rec = json.loads(cached_fp.read_text())
+    elif fp_rec:
+        cached_fp.write_text(json.dumps(fp_rec) + "\n")
     REPORT.write_text(report(load_cache(), fp_rec) + "\n")
     print(REPORT.read_text())
 
@@ -438,13 +449,13 @@ def main(argv: list[str] | None = None) -> int:
                 if key(probe) in done and a.rerun:
                     if arm != "none" and "frozen" in arm and fp is None:
                         fp = converged_float(a.work, small, full)[0]
-                    rerun(done[key(probe)], run_one(a.regime, arm, width, seed, a.work, full, small, fp), fp_rec)
+                    rerun(done[key(probe)], run_one(a.regime, arm, width, seed, a.work, full, small, fp, fp_rec), fp_rec)
                     continue
                 if key(probe) in done:
                     continue
                 if arm != "none" and "frozen" in arm and fp is None:
                     fp = converged_float(a.work, small, full)[0]
-                rec = run_one(a.regime, arm, width, seed, a.work, full, small, fp)
+                rec = run_one(a.regime, arm, width, seed, a.work, full, small, fp, fp_rec)
                 with CACHE.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(f"[selfteach] {a.regime} {width} {arm} seed {seed}: mAP50 {rec['map50']} mAP50-95 {rec['map']} "
