@@ -157,6 +157,26 @@ def test_other_settings_are_refused_not_mixed(first_run, start, vedai, log):
     assert "name=" in errors[0] and mtimes(root) == before
 
 
+def test_whole_args_yaml_compared(first_run, start, vedai, log):
+    """A repeat is compared with the finished folds' whole args.yaml, not only the keys it passes: a key it leaves at
+    its default that the folds were trained without is refused, every differing key named; keys that do not change
+    the result (plots, workers, verbose) may differ."""
+    root, _ = first_run
+    before = mtimes(root)
+    data = vedai / "vedai-fold01.yaml"
+    fewer = ARGS.replace(" warmup_epochs=0", "")  # the folds ran with warmup_epochs=0; the default is 3
+    assert entrypoint(f"train model={start} data={data} folds=1-3 {fewer} lr0=0.02 project={root.parent} "
+                      f"name={root.name}") == 2
+    errors = [x for x in log.text.splitlines() if "error:" in x]
+    assert len(errors) == 1, errors
+    assert "was trained with lr0=0.01, warmup_epochs=0, this command asks for lr0=0.02, warmup_epochs=3" in errors[0]
+    assert mtimes(root) == before
+    plumbing = ARGS.replace("workers=0 plots=False", "workers=1 plots=True verbose=False")
+    assert entrypoint(f"train model={start} data={data} folds=1-3 {plumbing} project={root.parent} "
+                      f"name={root.name}") == 0
+    assert mtimes(root) == before and log.text.count("not trained again") == 3
+
+
 @pytest.mark.slow
 def test_unfinished_fold_is_trained_again(first_run, start, vedai):
     root, _ = first_run

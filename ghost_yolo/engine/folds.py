@@ -9,7 +9,10 @@ the table says which one it is.
 
 The folds root does not increment like Ultralytics' run dirs: repeating the command continues the same experiment. A
 fold whose run finished (``summary.json`` written) is read back, not trained again; an unfinished one is trained anew.
-A finished fold trained with other settings than the command asks for is refused, naming the difference.
+A finished fold trained with other settings than the command asks for is refused, naming every key that differs: its
+whole ``args.yaml`` is compared with what the command would record (its keys over the starting model's and the
+defaults), less the keys that do not change the result (``IGNORED_KEYS``) and those the run resolves itself from an
+empty or ``auto`` value (``kd=auto``, ``bits``, ``fp_epochs``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,10 @@ from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, YAML, colorstr
 from ghost_yolo.cfg import ghost_defaults
 
 FOLD_RE = re.compile(r"fold(\d+)", re.IGNORECASE)
-# Settings every fold must share, compared with a finished fold's args.yaml even when the command does not name them
-PROTOCOL_KEYS = ("model", "epochs", "imgsz", "batch", "bits", "kd", "modality", "fp_epochs", "seed")
-# Keys that change where or how verbosely a run happens, not what it measures
-PLUMBING_KEYS = {"project", "name", "exist_ok", "device", "workers", "verbose", "plots", "cache", "save_period",
-                 "resume"}
+# Keys of a finished fold's args.yaml that change where or how verbosely a run happens, not what it measures; data is
+# the fold's own YAML
+IGNORED_KEYS = {"project", "name", "save_dir", "exist_ok", "device", "workers", "verbose", "plots", "cache",
+                "save_period", "resume", "data"}
 COLUMNS = ("fold", "mAP50", "mAP50-95", "size_MB", "GBOPs", "avg_bits", "epochs", "run")
 
 
@@ -96,27 +98,46 @@ def folds_root(data: str | Path, project: str | None = None, name: str | None = 
 
 
 def same_setting(a: Any, b: Any, key: str) -> bool:
-    """Whether two values of a training key mean the same (YAML and CLI typing differ; models compare by file name)."""
+    """Whether two values of a training key mean the same (YAML and CLI typing differ: 1 and 1.0, None and 'none';
+    models compare by file name)."""
     if key == "model":
         return Path(str(a)).name == Path(str(b)).name
 
-    def norm(v: Any) -> str | None:
-        """The CLI reads 'none' as None; YAML writes None as null."""
-        return None if v is None or str(v).strip().lower() in {"", "none", "null"} else str(v)
+    def norm(v: Any) -> str | float | None:
+        """The CLI reads 'none' as None; YAML writes None as null; a run records kd_weight=1 as 1.0."""
+        if v is None or str(v).strip().lower() in {"", "none", "null"}:
+            return None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        try:
+            return float(v) if isinstance(v, str) and v.strip().lower() not in {"nan", "inf", "-inf"} else str(v)
+        except ValueError:
+            return str(v)
 
     return norm(a) == norm(b)
 
 
-def check_finished_fold(run: Path, asked: dict[str, Any]) -> None:
-    """Refuse to reuse a finished fold trained with other settings than ``asked`` (a different experiment)."""
+def resolved_by_run(value: Any) -> bool:
+    """An empty or ``auto`` value that the run settles itself and records settled (``kd=auto``, ``bits``, ...)."""
+    return value is None or str(value).strip().lower() in {"", "auto"}
+
+
+def check_finished_fold(run: Path, asked: dict[str, Any], start: dict[str, Any] | None = None) -> None:
+    """Refuse to reuse a finished fold trained with other settings than this command's, naming every differing key.
+
+    Args:
+        run: The finished fold's run dir (its ``args.yaml`` is what it was trained with).
+        asked: The command's training keys (and ``model``).
+        start: The starting model's own overrides (``GhostYOLO(model).overrides``: a checkpoint's imgsz, ...).
+    """
     done = YAML.load(run / "args.yaml") if (run / "args.yaml").exists() else {}
-    defaults = {**DEFAULT_CFG_DICT, **ghost_defaults()}
-    keys = (set(asked) | set(PROTOCOL_KEYS)) - PLUMBING_KEYS - {"data"}
-    for key in sorted(keys):
-        want = asked.get(key, defaults.get(key))
-        if key in done and not same_setting(done[key], want, key):
-            raise ValueError(f"{run} was trained with {key}={done[key]}, this command asks for {key}={want}: pass "
-                             f"name= for a new experiment (or delete {run} to train that fold again)")
+    want = {**DEFAULT_CFG_DICT, **ghost_defaults(), **(start or {}), **asked}
+    differ = [k for k in sorted(done) if k in want and k not in IGNORED_KEYS and not resolved_by_run(want[k])
+              and not same_setting(done[k], want[k], k)]
+    if differ:
+        raise ValueError(f"{run} was trained with {', '.join(f'{k}={done[k]}' for k in differ)}, this command asks "
+                         f"for {', '.join(f'{k}={want[k]}' for k in differ)}: pass name= for a new experiment (or "
+                         f"delete {run} to train that fold again)")
 
 
 def fold_row(fold: int, run: Path) -> dict[str, Any]:
@@ -208,12 +229,16 @@ def train_folds(model: Any = "ghost-n.yaml", data: str | Path | None = None, fol
     root = folds_root(data, project, name)
     root.mkdir(parents=True, exist_ok=True)
     asked = {"model": source, **train_args}
+    start = None  # the starting model's overrides, read once a finished fold needs them
     LOGGER.info(f"{colorstr('ghost:')} {len(yamls)} folds ({', '.join(p.name for p in yamls.values())}) -> {root}")
     rows = []
     for i, (fold, yaml_file) in enumerate(yamls.items(), 1):
         run = root / f"fold{fold:02d}"
         if (run / "summary.json").exists():
-            check_finished_fold(run, asked)
+            from .model import GhostYOLO
+
+            start = GhostYOLO(source).overrides if start is None else start
+            check_finished_fold(run, asked, start)
             LOGGER.info(f"{colorstr('ghost:')} fold {fold} ({i}/{len(yamls)}): finished in {run}, not trained again")
         else:
             if run.exists():
