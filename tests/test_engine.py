@@ -207,6 +207,50 @@ def test_resume_continues_interrupted_run(synth_yaml, tmp_path):
     assert GhostYOLO(tmp_path / "r" / "weights" / "last.pt").channels == 4
 
 
+def _finished_run(root: Path, epochs: int, last_epoch: int | None) -> Path:
+    """A finished run as Ultralytics leaves it: last.pt with the optimizer stripped and epoch -1 (``strip_optimizer``),
+    and results.csv up to ``last_epoch`` (None: no results.csv); returns last.pt."""
+    weights = root / "weights"
+    weights.mkdir(parents=True)
+    model = GhostDetectionModel("ghost-n.yaml", ch=4, nc=2, verbose=False).half()
+    torch.save({"model": model, "ema": None, "optimizer": None, "epoch": -1,
+                "train_args": {"epochs": epochs, "data": "easy.yaml", "imgsz": IMGSZ}}, weights / "last.pt")
+    if last_epoch:
+        (root / "results.csv").write_text("epoch,time\n" + "".join(f"{e},{e}.0\n" for e in range(1, last_epoch + 1)))
+    return weights / "last.pt"
+
+
+def test_resume_of_a_finished_run_is_refused(tmp_path, monkeypatch, log):
+    """`ghost train resume model=.../last.pt` of a finished run says at which epoch it finished and that there is
+    nothing to resume (exit code 2; ValueError in Python), instead of a new run on Ultralytics' default data (coco8)."""
+    from ghost_yolo.cli import entrypoint
+    from ghost_yolo.engine.model import check_resumable
+
+    monkeypatch.chdir(tmp_path)
+    last = _finished_run(tmp_path / "runs" / "detect" / "train", epochs=3, last_epoch=3)
+    with pytest.raises(ValueError, match=r"this run finished at epoch 3 \(of 3\), there is nothing to resume"):
+        GhostYOLO(last).train(resume=True)
+    assert entrypoint("train resume model=runs/detect/train/weights/last.pt") == 2
+    errors = [x for x in log.text.splitlines() if "error:" in x]
+    assert len(errors) == 1 and "runs/detect/train/weights/last.pt: this run finished at epoch 3 (of 3)" in errors[0]
+    assert "ghost train model=runs/detect/train/weights/last.pt data=easy.yaml epochs=N" in errors[0]
+    assert "coco8" not in log.text and "Starting new training" not in log.text
+    assert [p.name for p in (tmp_path / "runs" / "detect").iterdir()] == ["train"]  # no new run
+    early = _finished_run(tmp_path / "early", epochs=10, last_epoch=4)  # stopped early (patience)
+    with pytest.raises(ValueError, match=r"finished at epoch 4 \(of 10\)"):
+        GhostYOLO(early).train(resume=True)
+    bare = _finished_run(tmp_path / "bare", epochs=5, last_epoch=None)
+    with pytest.raises(ValueError, match=r"finished \(epochs=5\), there is nothing to resume"):
+        GhostYOLO("ghost-n.yaml").train(resume=str(bare))
+    with pytest.raises(ValueError, match="pass model=runs/detect/<run>/weights/last.pt, not .*ghost-n.yaml"):
+        GhostYOLO("ghost-n.yaml").train(resume=True)
+    plain = tmp_path / "plain.pt"  # weights that never came from a training run
+    torch.save({"model": GhostDetectionModel("ghost-n.yaml", ch=4, nc=2, verbose=False), "train_args": {}}, plain)
+    with pytest.raises(ValueError, match="not the checkpoint of an interrupted training run"):
+        GhostYOLO(plain).train(resume=True)
+    check_resumable({"epoch": 0, "optimizer": {}, "train_args": {"epochs": 2}}, "last.pt")  # interrupted: resumes
+
+
 def test_ddp_trainer_roundtrip(trained, synth_yaml, tmp_path):
     """The trainer survives Ultralytics' DDP hand-off: cloudpickled state rebuilt in a fresh process."""
     import cloudpickle

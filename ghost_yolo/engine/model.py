@@ -32,6 +32,50 @@ DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 12, "fp_epochs"
              "close_mosaic": 3}
 
 
+def finished_epochs(run: Path) -> int | None:
+    """The last epoch a run's ``results.csv`` records (early stopping ends before ``epochs``), or None without one."""
+    import csv
+
+    try:
+        with open(run / "results.csv", newline="") as f:
+            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+        return int(float(rows[-1]["epoch"]))
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
+def check_resumable(ckpt: dict | None, path: str | Path | None) -> None:
+    """Refuse ``resume`` of what cannot continue, with what to do instead.
+
+    Ultralytics warns that such a checkpoint is not resumable and starts a new run (on its default data, coco8, which
+    ghost does not ship); a finished run's ``last.pt`` has its optimizer stripped and ``epoch=-1``, so it is one.
+
+    Args:
+        ckpt: The loaded checkpoint dict (None: read it from ``path``).
+        path: The checkpoint to resume (``model=`` or ``resume=``).
+    """
+    if ckpt is None:
+        if not path or Path(str(path)).suffix != ".pt":
+            raise ValueError(f"resume continues an interrupted run from its last checkpoint: pass "
+                             f"model=runs/detect/<run>/weights/last.pt, not {path or 'nothing'}")
+        if not Path(str(path)).is_file():
+            raise FileNotFoundError(f"resume: no checkpoint {path}")
+        from ultralytics.utils.patches import torch_load
+
+        ckpt = torch_load(str(path), map_location="cpu")
+    if isinstance(ckpt, dict) and ckpt.get("epoch", -1) >= 0 and ckpt.get("optimizer") is not None:
+        return
+    args = (ckpt.get("train_args") or {}) if isinstance(ckpt, dict) else {}
+    data = f" data={args['data']}" if args.get("data") else " data=your.yaml"
+    restart = f"to train its weights further, start a new run: ghost train model={path}{data} epochs=N"
+    if "epochs" not in args:
+        raise ValueError(f"{path} is not the checkpoint of an interrupted training run (no epoch or optimizer state), "
+                         f"so there is nothing to resume; {restart}")
+    done = finished_epochs(Path(str(path)).parent.parent)
+    at = f"at epoch {done} (of {args['epochs']})" if done else f"(epochs={args['epochs']})"
+    raise ValueError(f"{path}: this run finished {at}, there is nothing to resume; {restart}")
+
+
 class GhostYOLO(Model):
     """Ultralytics-style model for multimodal (RGB + IR) remote sensing detection.
 
@@ -100,6 +144,10 @@ class GhostYOLO(Model):
         if str(self.ckpt_path or "").endswith(".ghost"):
             raise ValueError(f"{self.ckpt_path} is a packed inference model (BatchNorm folded, weights frozen on their "
                              "grids): val, predict and export it, and train from the .pt checkpoint it came from")
+        if (resume := kwargs.get("resume")) is True:  # not resumable: Ultralytics would start a new run on coco8
+            check_resumable(self.ckpt or None, self.ckpt_path or self.model_name)
+        elif resume:
+            check_resumable(None, resume)
         if kwargs.get("drop_modality") not in (None, ""):  # validation during training would drop it: best.pt too
             raise ValueError(f"drop_modality={kwargs['drop_modality']} is a val/predict key (evaluate a trained rgb+ir "
                              "model as if that sensor were missing), not a training key: to train a model that keeps "
