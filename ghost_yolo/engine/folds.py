@@ -39,8 +39,9 @@ COLUMNS = ("fold", "mAP50", "mAP50-95", "size_MB", "GBOPs", "avg_bits", "epochs"
 
 
 def parse_folds(spec: Any) -> list[int] | None:
-    """Fold numbers from ``1-10``, ``1-3``, ``[1, 2, 5]``, ``1,2,5`` or ``3``, sorted; ``all``: None (every fold)."""
-    if isinstance(spec, str) and spec.strip().lower() == "all":
+    """Fold numbers from ``1-10``, ``1-3``, ``[1, 2, 5]``, ``1,2,5`` or ``3``, sorted; ``all`` (or None, as
+    ``train_folds`` is called without ``folds``): None (every fold)."""
+    if spec is None or isinstance(spec, str) and spec.strip().lower() == "all":
         return None
     items = spec if isinstance(spec, (list, tuple)) else str(spec).strip("[]() ").split(",")
     folds = set()
@@ -209,14 +210,14 @@ def format_table(rows: list[dict[str, Any]], mean: dict, std: dict, protocol: st
     return "\n".join([*lines, f"  {protocol}"])
 
 
-def train_folds(model: Any = "ghost-n.yaml", data: str | Path | None = None, folds: Any = "all",
+def train_folds(model: Any = "ghost-n.yaml", data: str | Path | None = None, folds: Any = None,
                 project: str | None = None, name: str | None = None, **train_args: Any) -> dict[str, Any]:
     """Train and validate ``model`` on every fold asked for; returns the per-fold rows, mean, std and file paths.
 
     Args:
         model: What each fold starts from: a model YAML, a ``.pt`` checkpoint, or a ``GhostYOLO`` (its YAML or weights).
         data: One fold's data YAML (``vedai-fold01.yaml``); the other folds' YAMLs sit next to it.
-        folds: ``1-10``, ``[1, 2, 5]``, ``3`` or ``all``.
+        folds: ``1-10``, ``[1, 2, 5]``, ``3`` or ``all`` (None: all).
         project, name: The folds root ``<project>/<name>`` (default ``runs/detect/vedai-folds``), one run dir per fold.
         **train_args: Every other training key, the same for every fold.
     """

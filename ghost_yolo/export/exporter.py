@@ -186,10 +186,14 @@ class GhostExporter(Exporter):
     """
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
-                 int4: bool = False, calib: int = 32, calib_data: str | None = None, modality: str | None = None,
-                 integer: bool = False):
-        """Ultralytics' exporter plus the integer-export options."""
+                 int4: bool | None = None, calib: int | None = None, calib_data: str | None = None,
+                 modality: str | None = None, integer: bool = False):
+        """Ultralytics' exporter plus the integer-export options (None: cfg/default.yaml's)."""
+        from ghost_yolo.cfg import ghost_defaults
+
         super().__init__(cfg, overrides, _callbacks)
+        d = ghost_defaults()
+        int4, calib = d["int4"] if int4 is None else int4, d["calib"] if calib is None else calib
         self.int4, self.calib, self.calib_data, self.modality = bool(int4), int(calib), calib_data, modality
         self.integer = bool(integer)
 

@@ -165,7 +165,7 @@ def _pack_int4(q: np.ndarray) -> bytes:
     return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
-def finalize_qdq(path: str | Path, int4: bool = False) -> dict[str, int]:
+def finalize_qdq(path: str | Path, int4: bool) -> dict[str, int]:
     """Store quantized weights as int8 (or INT4) initializers in the ONNX file at ``path``; returns counts.
 
     Every QuantizeLinear whose input is a constant is evaluated here (round half to even, saturate, exactly as ONNX
