@@ -396,3 +396,28 @@ def test_kd_auto_table_quotes_the_benchmark():
         lower = float(row.gain.split("[")[1].split(",")[0])
         assert (row.kd != "none") == (lower > 0), f"{key}: kd={row.kd} but the CI's lower bound is {lower}"
         assert gain == pytest.approx(float(confirmed.split("|")[5].split()[0]))
+
+
+def test_kd_auto_on_hq_settles_by_the_searched_widths(monkeypatch):
+    """kd=auto on an HQ run waits for the search: with a row for HQ at <= 4 average bits that shows a gain, a search
+    that lands at or below 4 bits distils (frozen float self), one above 4 switches the distiller off (its loss columns
+    stay at 0, no teacher is frozen), and the settled recipe says which band decided."""
+    from ghost_yolo.distill import auto
+    from ghost_yolo.distill.recipe import DistillRecipe
+    from ghost_yolo.engine.setup import start_qat
+    from ghost_yolo.quant import QuantRecipe, average_bits
+
+    row = auto.Evidence("HQ at 4 average bits or fewer (test)", "cls+dfl", "+1.00 [+0.5, +1.5]", "5 of 5", "test")
+    monkeypatch.setitem(auto.AUTO_KD_EVIDENCE, "hq<=4", row)
+    pending = DistillRecipe.from_args({"kd": "auto"}, QuantRecipe.from_args(bits="hq"))
+    assert pending.auto_pending and pending.kd == "cls+dfl" and pending.args()["kd"] == "auto"
+    for threshold, distils in ((1e9, True), (1e-9, False)):  # every searched layer at bit_min (2), or at 8
+        m = tiny_quant_model(kd="auto", float_self="frozen", bits="hq", hq_threshold=threshold)
+        assert (average_bits(m) <= 4) is distils
+        assert m.distiller.enabled is distils and bool(m.distiller.teacher) is distils
+        _, items = m.loss(fake_batch())
+        assert bool(items["kd_loss"] > 0) is distils
+        settled = start_qat(m, QuantRecipe.from_args(bits="hq", hq_threshold=threshold), fake_batch()["img"],
+                            pending).distill
+        assert not settled.auto_pending and settled.kd == ("cls+dfl" if distils else "none")
+        assert ("HQ at 4 average bits or fewer (test)" if distils else "HQ above 4 average bits") in settled.auto

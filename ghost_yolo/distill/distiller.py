@@ -78,6 +78,7 @@ class Distiller(nn.Module):
         self.float_self, self.schedule, self.bf16_teacher = float_self, schedule, bf16_teacher
         self.teacher = ExternalTeacher()
         self.progress = 0.0  # fraction of the quantized phase done (set by the trainer every batch)
+        self.enabled = True  # False: kd=auto settled on no distillation once the HQ widths were known (columns stay 0)
 
     def extra_repr(self) -> str:
         """Weights, teacher mode and schedule in the module print."""
@@ -126,7 +127,7 @@ class Distiller(nn.Module):
     # Passes -------------------------------------------------------------------------------------------------------
     def active(self, model: nn.Module) -> bool:
         """Distil only in the quantized phase (before it the float self would teach itself: nothing to learn)."""
-        return quant_state(model) is QuantState.ACTIVE
+        return getattr(self, "enabled", True) and quant_state(model) is QuantState.ACTIVE
 
     def _run(self, net: nn.Module, img: torch.Tensor, full: bool) -> tuple[PassOutputs, Any]:
         """One forward of ``net`` capturing ``layers``: (what the losses read, the raw predictions or None).

@@ -8,7 +8,7 @@ the checkpoint and the log all say what ran. Defaults come from ``cfg/default.ya
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,6 +37,8 @@ class DistillRecipe:
         kd_schedule: ``constant`` or ``cosine``.
         kd_temp, kd_layers, kd_gate, kd_tau: Temperature of dfl/cwd, OST's layers, gate and gate temperature.
         auto: Why ``kd=auto`` resolved as it did (None when ``kd`` was given).
+        auto_pending: ``kd=auto`` on an HQ run: ``kd`` holds the candidate losses until ``settle`` reads the average
+            bits the search chose (at the quantized start).
     """
 
     kd: str
@@ -49,6 +51,7 @@ class DistillRecipe:
     kd_gate: bool
     kd_tau: float
     auto: str | None = None
+    auto_pending: bool = False
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | SimpleNamespace | None, quant: QuantRecipe | None,
@@ -61,7 +64,7 @@ class DistillRecipe:
                             f"{', '.join(f.name for f in fields(cls))}")
         args = {**(vars(args) if isinstance(args, SimpleNamespace) else dict(args or {})), **overrides}
         d = ghost_defaults()
-        kw = {f.name: args.get(f.name) for f in fields(cls) if f.name != "auto"}
+        kw = {f.name: args.get(f.name) for f in fields(cls) if not f.name.startswith("auto")}
         for k, v in kw.items():
             if k == "kd" and v is None and "kd" in args:  # the CLI reads kd=none as None: no distillation, not auto
                 kw[k] = "none"
@@ -74,12 +77,12 @@ class DistillRecipe:
                              f"{', '.join(FLOAT_SELF_MODES[:-1])} or {FLOAT_SELF_MODES[-1]}")
         if kw["kd_schedule"] not in SCHEDULES:
             raise ValueError(f"kd_schedule={kw['kd_schedule']!r}: use one of {', '.join(SCHEDULES)}")
-        names, why = parse_kd(kw["kd"]), None
+        names, why, pending = parse_kd(kw["kd"]), None, False
         quantized = quant is not None and not quant.is_float and (quant.bits is not None or _has_widths(model))
         if names == ["auto"]:
             if quantized or kw["teacher"]:
-                kd, why = resolve_auto_kd(quant.uniform_width(model) if quant else None,
-                                          bool(quant and quant.searches), bool(kw["teacher"]))
+                kd, why, pending = resolve_auto_kd(quant.uniform_width(model) if quant else None,
+                                                   bool(quant and quant.searches), bool(kw["teacher"]))
             else:
                 kd, why = "none", "a float run (bits=32) has nothing to learn from its float self"
             names = parse_kd(kd)
@@ -99,7 +102,7 @@ class DistillRecipe:
         kw["kd"] = "+".join(names) or "none"
         kw["kd_weight"], kw["kd_temp"], kw["kd_tau"] = float(kw["kd_weight"]), float(kw["kd_temp"]), float(kw["kd_tau"])
         kw["kd_gate"] = bool(kw["kd_gate"])
-        return cls(**kw, auto=why)
+        return cls(**kw, auto=why, auto_pending=pending)
 
     @property
     def losses(self) -> list[str]:
@@ -107,8 +110,17 @@ class DistillRecipe:
         return parse_kd(self.kd)
 
     def args(self) -> dict[str, Any]:
-        """The recipe as the ghost keys a run records (``args.yaml``, the checkpoint's ``train_args``)."""
-        return {k: v for k, v in asdict(self).items() if k != "auto"}
+        """The recipe as the ghost keys a run records (``args.yaml``, the checkpoint's ``train_args``); ``kd=auto``
+        stays ``auto`` there until the HQ search settles it."""
+        return {k: ("auto" if k == "kd" and self.auto_pending else v) for k, v in asdict(self).items()
+                if not k.startswith("auto")}
+
+    def settle(self, avg_bits: float) -> DistillRecipe:
+        """A pending ``kd=auto`` of an HQ run decided by the average weight bits its search chose."""
+        if not self.auto_pending:
+            return self
+        kd, why, _ = resolve_auto_kd(None, True, bool(self.teacher), avg_bits)
+        return replace(self, kd=kd, auto=why, auto_pending=False)
 
 
 def _has_widths(model: nn.Module | None) -> bool:

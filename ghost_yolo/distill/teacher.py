@@ -237,7 +237,7 @@ def freeze_float_self(model: nn.Module) -> bool:
     from copy import deepcopy
 
     distiller = getattr(model, "distiller", None)
-    if distiller is None or distiller.float_self != "frozen" or distiller.teacher:
+    if distiller is None or distiller.float_self != "frozen" or distiller.teacher or not distiller.enabled:
         return False
     snapshot = deepcopy(model)
     del snapshot.distiller

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from ghost_yolo.distill import freeze_float_self
@@ -69,7 +69,14 @@ def start_quantized_phase(trainer: Any) -> None:
         LOGGER.warning("bits=hq on randomly initialised weights: the search measures nothing meaningful. Pass "
                        "trained weights (model=best.pt) or fp_epochs=N to train in float first.")
     batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
-    bits, distortions = start_qat(model, recipe, batch["img"], progress=RANK in {-1, 0})
+    bits, distortions, distill = start_qat(model, recipe, batch["img"], trainer.distill_recipe,
+                                           progress=RANK in {-1, 0})
+    if distill is not trainer.distill_recipe:  # kd=auto of an HQ run, settled by the widths the search chose
+        trainer.distill_recipe = distill
+        trainer.args.kd = distill.kd
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{colorstr('ghost:')} kd=auto -> {distill.kd}: {distill.auto}")
+            YAML.save(trainer.save_dir / "args.yaml", vars(trainer.args))  # what ran, as the checkpoint records it
     save_float_teacher(trainer, model)
     if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():  # ranks calibrated on their own batch
         layers = quant_layers(model)

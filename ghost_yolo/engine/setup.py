@@ -12,6 +12,7 @@ and calibrated on a batch. Passing ``images`` to ``setup_qat`` does both at once
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from ghost_yolo.nn.switch_bn import sync_float_bn
 from ghost_yolo.quant import (
     QuantRecipe,
     add_float_self,
+    average_bits,
     calibrate,
     prepare,
     quant_layers,
@@ -28,7 +30,7 @@ from ghost_yolo.quant import (
     set_quant_enabled,
 )
 
-__all__ = ("setup_qat", "start_qat")
+__all__ = ("QATStart", "setup_qat", "start_qat")
 
 
 def setup_qat(model: nn.Module, quant: QuantRecipe | None, distill: DistillRecipe | None = None, *,
@@ -52,7 +54,7 @@ def setup_qat(model: nn.Module, quant: QuantRecipe | None, distill: DistillRecip
     if distill is not None and distill.losses:
         attach_distiller(model, distill, device, bf16_teacher, resumed_teacher)
     if images is not None:
-        start_qat(model, quant, images)
+        start_qat(model, quant, images, distill)
     return model
 
 
@@ -77,17 +79,31 @@ def attach_distiller(model: nn.Module, recipe: DistillRecipe, device: torch.devi
     return distiller
 
 
-def start_qat(model: nn.Module, quant: QuantRecipe | None, images: torch.Tensor,
-              progress: bool = False) -> tuple[dict[str, int], dict | None]:
+class QATStart(NamedTuple):
+    """What the quantized start chose: the widths, the HQ search's distortions (None without a search), and the
+    distillation recipe with a pending ``kd=auto`` settled by those widths."""
+
+    bits: dict[str, int]
+    distortions: dict | None
+    distill: DistillRecipe | None
+
+
+def start_qat(model: nn.Module, quant: QuantRecipe | None, images: torch.Tensor, distill: DistillRecipe | None = None,
+              progress: bool = False) -> QATStart:
     """Start the quantized phase: ``hq`` resolved by the search on the current weights (other specs were set at
-    ``setup_qat``), a co-trained float self's BatchNorm synced, the frozen float self snapshotted as teacher, quantizers
-    on and calibrated on ``images``. Returns ``({layer: bits}, the search's distortions or None)``."""
+    ``setup_qat``), a pending ``kd=auto`` settled by the average bits it chose (no distillation: the distiller is
+    switched off, its loss columns stay at 0), a co-trained float self's BatchNorm synced, the frozen float self
+    snapshotted as teacher, quantizers on and calibrated on ``images``."""
     distortions = None
     if quant is not None and quant.searches:
         bits, distortions = quant.widths(model, progress=progress)
         set_bits(model, bits)
+    if distill is not None and distill.auto_pending:
+        distill = distill.settle(average_bits(model))
+        if getattr(model, "distiller", None) is not None:
+            model.distiller.enabled = bool(distill.losses)
     sync_float_bn(model)  # a co-trained float self starts from the float model's BatchNorm
     freeze_float_self(model)
     set_quant_enabled(model, True)
     calibrate(model, images)
-    return {n: m.bits for n, m in quant_layers(model).items()}, distortions
+    return QATStart({n: m.bits for n, m in quant_layers(model).items()}, distortions, distill)

@@ -78,6 +78,7 @@ def summary_dict(trainer: Any) -> dict[str, Any]:
     model = unwrap_model(trainer.model)
     m = trainer.metrics or {}
     distiller = getattr(model, "distiller", None)
+    distiller = distiller if distiller is not None and distiller.enabled else None  # kd=auto may settle on none
     return {
         "model": Path(model.yaml.get("yaml_file", "model")).name,
         "data": str(trainer.args.data),
@@ -137,7 +138,7 @@ def summary_text(trainer: Any) -> str:
             when = f"the float phase's last epoch ({start['epoch']})" if start["epoch"] else "the given weights"
             lines.append(f"  start     quantization started from {when}: mAP50 {start['mAP50']:.3f}, mAP50-95 "
                          f"{num(start['mAP50-95'], '.3f')}")
-        if (distiller := getattr(model, "distiller", None)) is not None:
+        if (distiller := getattr(model, "distiller", None)) is not None and distiller.enabled:
             logs = [f"{t.stats_label}: {t.stats_file}" for t in distiller.terms.values()
                     if t.stats_file and (trainer.save_dir / t.stats_file).exists()]
             logged = f" ({'; '.join(logs)})" if logs else ""

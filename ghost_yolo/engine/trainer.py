@@ -91,7 +91,8 @@ class GhostTrainer(DetectionTrainer):
         for k, v in distill.args().items():
             setattr(self.args, k, v)
         if distill.auto and RANK in {-1, 0}:
-            LOGGER.info(f"{colorstr('ghost:')} kd=auto -> {distill.kd}: {distill.auto}")
+            verdict = f"kd=auto (candidates {distill.kd})" if distill.auto_pending else f"kd=auto -> {distill.kd}"
+            LOGGER.info(f"{colorstr('ghost:')} {verdict}: {distill.auto}")
         if RANK in {-1, 0} and not self.args.resume:
             YAML.save(self.save_dir / "args.yaml", vars(self.args))  # what ran, as the checkpoint records it
         return quant, distill
