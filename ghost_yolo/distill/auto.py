@@ -49,6 +49,8 @@ AUTO_KD_EVIDENCE: dict[int | str, Evidence] = {
     8: Evidence("W8", "cls+dfl", "+0.79 [+0.2, +1.4]", "3 of 3", "Regime A, W8"),
     "hq>4": Evidence("HQ above 4 average bits (4.85 measured)", "none", "+0.00 [-0.7, +0.7]", "4 of 10",
                      "Regime A, HQ"),
+    "hq<=4": Evidence("HQ at 4 average bits or fewer (3.84 measured)", "cls+dfl", "+0.61 [+0.1, +1.1]", "7 of 8",
+                      "Regime A, HQ4"),
 }
 
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Does a refactor change what training computes? Train the same short runs with this checkout and with another commit
+and compare the trained weights tensor by tensor.
+
+A behaviour-preserving refactor gives bit-identical weights for the same seed on the same machine (training is
+deterministic on one CPU class; across classes rounding differs, so both sides always run here, in one go). Arms: the
+one-command pipeline from the YAML (a float epoch, the HQ search, a quantized epoch), and from a float checkpoint
+trained the same way by each side: W4 with the frozen float self and cls+dfl, HQ with OST from the co-trained float
+self, W8 plain QAT. ``kd`` is named in every arm, since what ``kd=auto`` means may differ on purpose between commits.
+
+Usage:
+    python benchmarks/bench_same_training.py --ref 2c9ed6e            # results/same_training.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common import RESULTS, base_parser, cpu_class, cpu_name, md_table, run_main, work_dir, write_md
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = {  # name: (start, keys)
+    "yaml-pipeline": ("yaml", {"epochs": 2, "kd": "none"}),
+    "w4-frozen-cls+dfl": ("float", {"bits": 4, "kd": "cls+dfl", "float_self": "frozen"}),
+    "hq-cotrain-ost": ("float", {"bits": "hq", "hq_threshold": 0.05, "kd": "ost", "float_self": "cotrain"}),
+    "w8-plain": ("float", {"bits": 8, "kd": "none"}),
+}
+
+# Runs inside one side's checkout (its ghost_yolo first on sys.path): trains every arm, saves plain state dicts.
+DRIVER = r"""
+import json, os, sys, torch
+os.environ["YOLO_OFFLINE"] = "1"
+from ghost_yolo import GhostYOLO
+from ultralytics.nn.tasks import load_checkpoint
+data, out, arms = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+common = dict(data=data, imgsz=64, batch=8, workers=0, plots=False, val=False, seed=0, deterministic=True,
+              exist_ok=True, project=out, verbose=False)
+GhostYOLO("ghost-n.yaml").train(name="float", bits=32, kd="none", epochs=1, **common)
+for name, (start, keys) in arms.items():
+    src = "ghost-n.yaml" if start == "yaml" else f"{out}/float/weights/best.pt"
+    GhostYOLO(src).train(name=name, **{**common, **keys})
+for name in ["float", *arms]:
+    m, _ = load_checkpoint(f"{out}/{name}/weights/last.pt")
+    torch.save({k: v.detach().clone() for k, v in m.state_dict().items()}, f"{out}/{name}.state.pt")
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    p = base_parser(__doc__.split("\n")[0], quick=None)
+    p.add_argument("--ref", required=True, help="the commit to compare with (e.g. the one before a refactor)")
+    p.add_argument("--work", type=Path, help="work directory (default: a temporary one, removed)")
+    p.add_argument("--out", type=Path, default=RESULTS / "same_training.md", help="markdown results")
+    return p.parse_args(argv)
+
+
+def side(tree: Path, data: Path, out: Path) -> None:
+    """Train every arm with the ghost_yolo of ``tree`` in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "YOLO_CONFIG_DIR": str(out / "settings")}
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", DRIVER, str(data), str(out), json.dumps(ARMS)], env=env, check=True,
+                   cwd=out)
+
+
+def checkout(ref: str, where: Path) -> Path:
+    """``ref`` as a detached worktree at ``where``, with the shipped cfg where an installed package has it."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(where), ref], check=True,
+                   capture_output=True)
+    cfg = where / "ghost_yolo" / "cfg"
+    if not cfg.exists():  # the cfg folder installs as ghost_yolo.cfg (pyproject's package-dir)
+        cfg.symlink_to(where / "cfg", target_is_directory=True)
+    return where
+
+
+def compare(a: Path, b: Path) -> tuple[int, int, float]:
+    """(tensors compared, identical, largest absolute difference) of two saved state dicts (distiller state aside)."""
+    import torch
+
+    sa, sb = torch.load(a), torch.load(b)
+    keys = sorted(k for k in set(sa) & set(sb) if not k.startswith("distiller"))
+    same = sum(torch.equal(sa[k], sb[k]) for k in keys)
+    worst = max((float((sa[k].double() - sb[k].double()).abs().max()) for k in keys if sa[k].is_floating_point()
+                 and sa[k].shape == sb[k].shape), default=0.0)
+    return len(keys), same, worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train both sides, compare, write the table."""
+    args = parse_args(argv)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    ref = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.ref], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    with work_dir(args.work, "ghost-same-") as work:
+        from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
+        from ultralytics.utils import YAML
+
+        root = generate_vedai_synth(work / "data", n_train=16, n_val=8, imgsz=96, seed=1, workers=1)
+        data = Path(root) / "synth.yaml"
+        YAML.save(data, {"path": str(root), "train": "images/train", "val": "images/val", "pairing": "suffix",
+                         "names": VEDAI_NAMES})
+        old = checkout(args.ref, work / "ref")
+        try:
+            side(old, data, work / "runs-ref")
+            side(ROOT, data, work / "runs-head")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+        rows = []
+        for name in ["float", *ARMS]:
+            n, same, worst = compare(work / "runs-ref" / f"{name}.state.pt", work / "runs-head" / f"{name}.state.pt")
+            rows.append([name, n, same, f"{worst:.3g}", "yes" if same == n else "**no**"])
+    lines = ["# Same training before and after a refactor (`benchmarks/bench_same_training.py`)", "",
+             f"{head} (this checkout) against {ref}, each training every arm in its own process on this machine: "
+             f"{cpu_name()} ({cpu_class()}), {os.cpu_count()} CPUs. vedai-synth, 16 train pairs at 96 px, imgsz 64, "
+             "batch 8, seed 0, deterministic; a float epoch from ghost-n.yaml, then each arm from it (one epoch) or "
+             "from the YAML (two). Weights of last.pt compared tensor by tensor.", "",
+             *md_table(["arm", "tensors", "identical", "largest difference", "bit-identical"], rows), ""]
+    write_md(args.out, lines)
+    print("\n".join(lines))
+    return 0 if all(r[-1] == "yes" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    run_main(main)
