@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def side(tree: Path, data: Path, out: Path) -> None:
     """Train every arm with the ghost_yolo of ``tree`` in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "YOLO_CONFIG_DIR": str(out / "settings")}
+    env = {**os.environ, "PYTHONPATH": str(tree), "YOLO_CONFIG_DIR": str(out / "settings"),
+           "OMP_NUM_THREADS": "1"}  # one thread in every tree (older ones left one core idle, newer use all)
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-c", DRIVER, str(data), str(out), json.dumps(ARMS)], env=env, check=True,
                    cwd=out)
