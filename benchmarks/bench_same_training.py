@@ -26,6 +26,7 @@ from common import RESULTS, base_parser, cpu_class, cpu_name, md_table, run_main
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {  # name: (start, keys)
     "yaml-pipeline": ("yaml", {"epochs": 2, "kd": "none"}),
+    "yaml-pipeline-kd-auto": ("yaml", {"epochs": 2}),  # bare `ghost train`'s keys: HQ, kd=auto settled by the search
     "w4-frozen-cls+dfl": ("float", {"bits": 4, "kd": "cls+dfl", "float_self": "frozen"}),
     "hq-cotrain-ost": ("float", {"bits": "hq", "hq_threshold": 0.05, "kd": "ost", "float_self": "cotrain"}),
     "w8-plain": ("float", {"bits": 8, "kd": "none"}),
