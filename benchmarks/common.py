@@ -77,7 +77,8 @@ def run_in_work_dir(args: argparse.Namespace, prefix: str, bench: Callable[[argp
     """``bench(args)`` with torch on ``args.threads`` threads and ``args.workdir`` made (or a temporary directory)."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    threads = args.threads
+    torch.set_num_threads(max(threads) if isinstance(threads, list) else threads)  # a list: the most it times with
     with work_dir(args.workdir, prefix) as args.workdir:
         return bench(args)
 

@@ -30,6 +30,11 @@ def split_ghost_args(args: dict | SimpleNamespace | None) -> tuple[dict[str, Any
     return args, ghost
 
 
+def shipped_models() -> str:
+    """The model YAMLs shipped in ``cfg/models``, comma separated (what an error about a model name lists)."""
+    return ", ".join(sorted(p.name for p in MODELS_DIR.glob("*.yaml")))
+
+
 def resolve_yaml(name: str | Path, kind: str) -> str:
     """Resolve a bare YAML name (``ghost-n.yaml``, ``vedai-synth``) against the shipped ``cfg/<kind>`` folder.
 

@@ -7,6 +7,9 @@ to offline mode: nothing is downloaded at run time.
 import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: no hub, font or weight downloads
+# the user's own OMP_NUM_THREADS, read before Ultralytics' import sets it to 1 where unset (utils.threads)
+os.environ.setdefault("GHOST_USER_OMP_THREADS", os.environ.get("OMP_NUM_THREADS", "") if "ultralytics" not in
+                      __import__("sys").modules else "")
 
 __version__ = "0.1.0"
 

@@ -274,3 +274,28 @@ print("OK", type(t).__name__, t.args.ir_jitter, t.data["channels"], t.data["moda
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK GhostTrainer 0.1 4 rgb+ir" in out.stdout
+
+
+def test_cpu_training_uses_every_physical_core(synth_yaml, tmp_path, monkeypatch, log):
+    """Ultralytics leaves cpu_count - 1 torch threads for CPU training; the ghost trainer sets one per physical core,
+    threads=N when given, and the user's OMP_NUM_THREADS over both, and logs which."""
+    import torch
+
+    from ghost_yolo.engine.trainer import GhostTrainer
+    from ghost_yolo.utils.threads import physical_cores
+
+    base = {"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "project": str(tmp_path)}
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("GHOST_USER_OMP_THREADS", "")
+        torch.set_num_threads(1)
+        GhostTrainer(overrides=base)
+        assert torch.get_num_threads() == physical_cores()
+        assert f"CPU training on {physical_cores()} thread" in log.text and "(one per physical core)" in log.text
+        GhostTrainer(overrides={**base, "threads": 3})
+        assert torch.get_num_threads() == 3 and "(threads=)" in log.text
+        monkeypatch.setenv("GHOST_USER_OMP_THREADS", "1")
+        GhostTrainer(overrides={**base, "threads": 3})
+        assert torch.get_num_threads() == 1 and "CPU training on 1 thread (OMP_NUM_THREADS)" in log.text
+    finally:
+        torch.set_num_threads(before)

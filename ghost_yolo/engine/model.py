@@ -17,7 +17,7 @@ from ultralytics.engine.model import Model
 from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import LOGGER, colorstr
 
-from ghost_yolo.cfg import resolve_yaml, split_ghost_args
+from ghost_yolo.cfg import resolve_yaml, shipped_models, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels
 from ghost_yolo.models.model import GhostDetectionModel
 
@@ -94,9 +94,8 @@ class GhostYOLO(Model):
                 try:  # Ultralytics' own model YAMLs (yolo11n.yaml, ...) build as ghost models too
                     yaml_model_load(model)
                 except Exception as e:
-                    raise FileNotFoundError(f"model YAML '{model}' not found (shipped: ghost-n.yaml, ghost-s.yaml, "
-                                            "ghost-n-dual.yaml, ghost-s-dual.yaml; or Ultralytics' such as "
-                                            "yolo11n.yaml)") from e
+                    raise FileNotFoundError(f"model YAML '{model}' not found (shipped: {shipped_models()}; or "
+                                            "Ultralytics' such as yolo11n.yaml)") from e
             model = resolved if Path(resolved).is_file() else model
         elif not Path(model).exists():
             raise FileNotFoundError(f"model '{model}' not found")

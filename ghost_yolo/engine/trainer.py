@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr, emojis
@@ -21,6 +22,7 @@ from ghost_yolo.models.model import GhostDetectionModel
 from ghost_yolo.quant import FakeQuantizer, QuantRecipe, QuantState, quant_state
 from ghost_yolo.utils.allocator import reuse_freed_memory
 from ghost_yolo.utils.plotting import plot_paired_images
+from ghost_yolo.utils.threads import training_threads
 
 from .phases import PHASE_CALLBACKS, start_quantized_phase
 from .setup import setup_qat
@@ -38,6 +40,10 @@ class GhostTrainer(DetectionTrainer):
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Merge ghost defaults under the given cfg so ghost keys pass Ultralytics' key check."""
         super().__init__({**ghost_defaults(), **cfg2dict(cfg)}, overrides, _callbacks)
+        if self.device.type == "cpu":  # after Ultralytics' select_device, which leaves one core idle
+            threads, why = training_threads(self.args.threads)
+            torch.set_num_threads(threads)
+            LOGGER.info(f"{colorstr('ghost:')} CPU training on {threads} thread{'s' * (threads > 1)} ({why})")
 
     def _do_train(self):
         """Ultralytics' training loop; on CPU, freed activation memory is kept for reuse (``utils.allocator``)."""

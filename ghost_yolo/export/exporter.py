@@ -27,6 +27,7 @@ import torch
 from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import DEFAULT_CFG, LOGGER, colorstr
 
+from ghost_yolo.export.decode import fast_decoding
 from ghost_yolo.export.qdq import (
     active_qconvs,
     calibrate_outputs,
@@ -34,7 +35,7 @@ from ghost_yolo.export.qdq import (
     to_qdq,
     trained_output_grids,
 )
-from ghost_yolo.quant import QuantState, quant_state
+from ghost_yolo.quant import QuantState, output_quantizers, quant_state
 from ghost_yolo.utils.hints import ghost_hints
 
 EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
@@ -215,11 +216,12 @@ class GhostExporter(Exporter):
 
     def export_onnx(self, prefix: str = colorstr("ONNX:")):
         """Float: Ultralytics' export. Integer (``export_model``'s choice): output grids, Q/DQ swap, integer weights."""
+        fast_decoding(self.model)  # the same boxes, a tenth of the decoding time in CPU runtimes
         if not self.integer:
             return super().export_onnx(prefix)
         qconvs = active_qconvs(self.model)
         ranges = trained_output_grids(self.model)
-        if ranges:
+        if ranges or any(getattr(q, "post", False) for q in output_quantizers(self.model).values()):
             LOGGER.info(f"{prefix} quantized model: {len(qconvs)} integer convs, output grids from training")
         else:
             LOGGER.warning(f"{prefix} this model was trained without out_quant=True: fitting the 8-bit conv output grids "

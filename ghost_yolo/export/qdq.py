@@ -29,10 +29,10 @@ from ultralytics.utils import LOGGER
 from ghost_yolo.nn.qconv import QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import LSQAct
 
-__all__ = ("QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "to_qdq", "trained_output_grids")
+__all__ = ("QDQAct", "QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "to_qdq", "trained_output_grids")
 
-# ops that compute a quantization range at run time; a plain ReduceMean is not one (the dual stem's squeeze-excite
-# and other global poolings export as ReduceMean)
+# ops that compute a quantization range at run time when they feed a QuantizeLinear's scale or zero point (the box
+# decoding's ReduceMax does not; a plain ReduceMean is not one: the dual stem's squeeze-excite exports as ReduceMean)
 DYNAMIC_RANGE_OPS = {"ReduceMax", "ReduceMin", "DynamicQuantizeLinear", "ArgMax"}
 OUTPUT_CALIB_SAMPLES = 1 << 20  # values kept per layer for the output-range fit (a fixed strided subsample)
 
@@ -50,8 +50,10 @@ def _block_convs(model: nn.Module) -> dict[str, Conv]:
 
 
 def trained_output_grids(model: nn.Module) -> dict[str, tuple[float, int]]:
-    """``{conv name: (step, zero point)}`` of the output grids learned in QAT (``out_quant=True``), active convs only."""
-    return {n: b.act.quant.qparams()[:2] for n, b in _block_convs(model).items() if isinstance(b.act, QuantAct)}
+    """``{conv name: (step, zero point)}`` of the output grids learned in QAT (``out_quant=True``) on the conv output
+    before the activation, active convs only (grids after the activation, ``grids=tensor``, export as ``QDQAct``)."""
+    return {n: b.act.quant.qparams()[:2] for n, b in _block_convs(model).items()
+            if isinstance(b.act, QuantAct) and not getattr(b.act, "post", False)}
 
 
 @torch.no_grad()
@@ -112,7 +114,7 @@ class QDQConv(nn.Module):
         self.bias = None if conv.bias is None else conv.bias.detach().float()
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.bits = conv.bits
-        self.in_step, self.in_zero, levels = conv.input_quant.qparams()
+        self.in_step, self.in_zero, levels = conv.input_qparams()
         self.in_clip = None if levels == 255 else ((0 - self.in_zero) * self.in_step, (levels - self.in_zero) * self.in_step)
         self.out_q = out_q
 
@@ -129,12 +131,31 @@ class QDQConv(nn.Module):
         return y
 
 
+class QDQAct(nn.Module):
+    """Export-time stand-in for a ``QuantAct`` after the activation (``grids=tensor``): ``act``, then the tensor's
+    8-bit grid as a QuantizeLinear/DequantizeLinear pair (with ReLU before it, onnxruntime folds both into the conv)."""
+
+    def __init__(self, act: nn.Module, step: float, zero: int) -> None:
+        """Freeze the grid ``(step, zero)`` behind ``act``."""
+        super().__init__()
+        self.act, self.step, self.zero = act, step, zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``Q/DQ(act(x))``."""
+        return torch.fake_quantize_per_tensor_affine(self.act(x), self.step, self.zero, 0, 255)
+
+
 def to_qdq(model: nn.Module, out_ranges: dict[str, tuple[float, int]]) -> dict[str, int]:
     """Replace every active ``QConv2d`` of the fused ``model`` by a ``QDQConv`` in place; returns ``{name: bits}``."""
     bits, clipped = {}, 0
-    for block in model.modules():  # the output grid moves into the QDQConv; the activation stays
-        if isinstance(block, Conv) and isinstance(block.act, QuantAct):
-            block.act = block.act.act
+    for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantAct)]:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if getattr(q, "post", False) and q.active:  # the tensor's grid, after the activation
+            step, zero, _ = q.quant.qparams()
+            setattr(parent, attr, QDQAct(q.act, step, zero))
+        else:  # the output grid (if any) moves into the QDQConv; the activation stays
+            setattr(parent, attr, q.act)
     for name, conv in active_qconvs(model).items():
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -220,6 +241,7 @@ def finalize_qdq(path: str | Path, int4: bool) -> dict[str, int]:
         g.node.remove(n)
     g.initializer.extend(new_inits)
     counts["saturations"] = _clip_to_saturation(g, consts)
+    counts["grid_passes"] = _pass_grids(g, consts)
     counts["silu"] = _fuse_silu(g)
     if counts["silu"] and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -233,7 +255,7 @@ def finalize_qdq(path: str | Path, int4: bool) -> dict[str, int]:
             if o.domain in ("", "ai.onnx"):
                 o.version = max(o.version, 21)
         model.ir_version = max(model.ir_version, 10)
-    if dynamic := sorted({n.op_type for n in g.node} & DYNAMIC_RANGE_OPS):
+    if dynamic := _dynamic_ranges(g):
         raise RuntimeError(f"the QDQ graph still computes ranges at run time ({', '.join(dynamic)})")
     onnx.save(model, str(path))
     return counts
@@ -297,3 +319,67 @@ def _clip_to_saturation(g: Any, consts: dict[str, np.ndarray]) -> int:
                                                                  [out], name=f"{q.name}_top"))
         done += 1
     return done
+
+
+GRID_KEEPING_OPS = {"Split", "MaxPool", "Resize"}  # their outputs lie on their input's grid (Resize: nearest only)
+
+
+def _pass_grids(g: Any, consts: dict[str, np.ndarray]) -> int:
+    """Requantize the outputs of grid-keeping ops that read a dequantized tensor onto that same grid.
+
+    ``DequantizeLinear -> Split/MaxPool/Resize -> QuantizeLinear -> DequantizeLinear`` with one scale and zero point
+    on both sides is what onnxruntime runs in integers (it drops the pair around the op), and the consumers then see a
+    DequantizeLinear again, so a Concat or Add after them fuses into its integer kernel too. The values do not change:
+    the op only moves or picks values that are already on the grid.
+    """
+    from onnx import helper
+
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    done = 0
+    for node in [n for n in g.node if n.op_type in GRID_KEEPING_OPS]:
+        if node.op_type == "Resize" and any(a.name == "mode" and a.s != b"nearest" for a in node.attribute):
+            continue
+        dq = producer.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+            continue
+        scale, zero = consts.get(dq.input[1]), consts.get(dq.input[2])
+        if scale is None or zero is None or scale.ndim:
+            continue
+        at = list(g.node).index(node) + 1
+        for k, out in enumerate(node.output):
+            users = consumers.get(out, [])
+            if users and all(u.op_type == "QuantizeLinear" and list(u.input[1:3]) == list(dq.input[1:3]) for u in users):
+                continue  # already requantized onto the same grid
+            raw = f"{out}_on_grid"
+            node.output[k] = raw
+            q = helper.make_node("QuantizeLinear", [raw, dq.input[1], dq.input[2]], [f"{out}_q"], name=f"{raw}_q")
+            d = helper.make_node("DequantizeLinear", [f"{out}_q", dq.input[1], dq.input[2]], [out], name=f"{raw}_dq")
+            g.node.insert(at, d)
+            g.node.insert(at, q)
+            producer[out] = d
+            at += 2
+            done += 1
+    return done
+
+
+def _dynamic_ranges(g: Any) -> list[str]:
+    """Op types that compute a quantization grid at run time: ``DynamicQuantizeLinear``, or a range op upstream of
+    a QuantizeLinear's scale or zero point."""
+    producer = {o: n for n in g.node for o in n.output}
+    found = {n.op_type for n in g.node if n.op_type == "DynamicQuantizeLinear"}
+    todo = [i for n in g.node if n.op_type == "QuantizeLinear" for i in n.input[1:3]]
+    seen: set[str] = set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        if node.op_type in DYNAMIC_RANGE_OPS:
+            found.add(node.op_type)
+        todo.extend(node.input)
+    return sorted(found)

@@ -17,7 +17,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import initialize_weights
 
-from ghost_yolo.cfg import resolve_yaml
+from ghost_yolo.cfg import resolve_yaml, shipped_models
 
 from ghost_yolo.nn.fusion import DualStreamStem
 from .pretrained import seed_first_layer
@@ -41,8 +41,8 @@ def load_model_yaml(cfg: str | Path | dict) -> dict[str, Any]:
             try:
                 d = yaml_model_load(str(cfg))
             except Exception as e:
-                raise FileNotFoundError(f"model YAML '{cfg}' not found (shipped ones: ghost-n.yaml, ghost-s.yaml, "
-                                        "ghost-n-dual.yaml, ghost-s-dual.yaml; or Ultralytics' such as yolo11n.yaml)"
+                raise FileNotFoundError(f"model YAML '{cfg}' not found (shipped ones: {shipped_models()}; or "
+                                        "Ultralytics' such as yolo11n.yaml)"
                                         ) from e
     if act := d.pop("act", None):
         key = str(act).lower().replace("nn.", "").replace("()", "")

@@ -39,6 +39,8 @@ class QConv2d(nn.Conv2d):
         self.weight_quant: FakeQuantizer = wq(c2, bits)
         self.input_quant: FakeQuantizer = aq(bits)
         self.folded = False
+        self.input_bits: int | None = None  # activation width when it differs from the weights' (grids=tensor: 8)
+        self._tied: tuple[QuantAct, ...] = ()  # the producer whose output grid this conv reads (grids=tensor)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int = 8, quantizer: str = "lsq") -> QConv2d:
@@ -60,7 +62,25 @@ class QConv2d(nn.Conv2d):
     def bits(self, bits: int) -> None:
         if self.folded and check_bits(bits) != self.weight_quant.bits:
             raise RuntimeError("cannot change the bits of a fused (BN-folded) QConv2d; change them before fuse()")
-        self.weight_quant.bits = self.input_quant.bits = check_bits(bits)
+        self.weight_quant.bits = check_bits(bits)
+        self.input_quant.bits = getattr(self, "input_bits", None) or self.weight_quant.bits
+
+    @property
+    def tied(self) -> QuantAct | None:
+        """The quantizer whose output grid this conv's input already lies on (``grids=tensor``), or None."""
+        tied = getattr(self, "_tied", ())
+        return tied[0] if tied else None
+
+    def tie(self, producer: QuantAct | None) -> None:
+        """Read ``producer``'s output grid instead of quantizing the input again (referenced, not registered: the
+        producer's block owns it; the same tensor on the same grid, so skipping the second rounding changes nothing)."""
+        self._tied = (producer,) if producer is not None else ()
+
+    def input_qparams(self) -> tuple[float, int, int]:
+        """``(step, zero point, top code)`` of the grid this conv's input is on: the tied producer's while it
+        quantizes, else this conv's own input quantizer's."""
+        tied = self.tied
+        return tied.quant.qparams() if tied is not None and tied.active else self.input_quant.qparams()
 
     @property
     def quant_enabled(self) -> bool:
@@ -83,8 +103,9 @@ class QConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve the quantized input with the quantized weight."""
-        return F.conv2d(self.input_quant(x), self.quantized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        tied = self.tied
+        x = x if tied is not None and tied.active else self.input_quant(x)
+        return F.conv2d(x, self.quantized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     @torch.no_grad()
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,9 +143,10 @@ class QConv2d(nn.Conv2d):
                 self.fold_scale = self.fold_scale * factor
         self.weight = nn.Parameter(w.detach(), requires_grad=False)
         b = bn.bias + (bias - bn.running_mean) * factor
-        if self.weight_quant.active and self.input_quant.active:
+        tied = self.tied
+        if self.weight_quant.active and (self.input_quant.active or (tied is not None and tied.active)):
             # integer runtimes add the bias to the int32 accumulator: put it on that grid (input step x weight scale)
-            acc = self.input_quant.qparams()[0] * self.fold_scale.abs()
+            acc = self.input_qparams()[0] * self.fold_scale.abs()
             b = torch.round(b / acc) * acc
         self.bias = nn.Parameter(b.detach(), requires_grad=False)
         if self.weight_quant.active:
@@ -144,18 +166,27 @@ class QuantAct(nn.Module):
     registered: the block already owns it.
     """
 
-    def __init__(self, act: nn.Module, conv: QConv2d, bits: int = OUT_BITS) -> None:
-        """Wrap ``act`` (the block's activation) behind an LSQ activation quantizer that follows ``conv``'s switches."""
+    def __init__(self, act: nn.Module, conv: QConv2d, bits: int = OUT_BITS, post: bool = False) -> None:
+        """Wrap ``act`` (the block's activation) behind an LSQ activation quantizer that follows ``conv``'s switches;
+        ``post``: quantize after the activation (``grids=tensor``: the grid every consumer reads), else before it."""
         super().__init__()
         self.act = act
         self.quant = LSQAct(bits)
         self._conv = (conv,)
+        self.post = post
 
     @property
     def conv(self) -> QConv2d:
         """The conv whose output this quantizes."""
         return self._conv[0]
 
+    @property
+    def active(self) -> bool:
+        """Whether this grid is applied now (its conv is quantized and its quantizers are on)."""
+        return self.conv.weight_quant.active
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``act(Q8(x))`` while the conv is quantized, ``act(x)`` otherwise."""
-        return self.act(self.quant(x) if self.conv.weight_quant.active else x)
+        """``act(Q8(x))`` (or ``Q8(act(x))`` when ``post``) while the conv is quantized, ``act(x)`` otherwise."""
+        if not self.active:
+            return self.act(x)
+        return self.quant(self.act(x)) if getattr(self, "post", False) else self.act(self.quant(x))

@@ -23,6 +23,7 @@ from torch import nn
 from ultralytics.nn.modules import DFL, Conv, Detect
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ghost_yolo.nn.qblocks import quantize_residuals
 from ghost_yolo.nn.qconv import OUT_BITS, QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import FLOAT_BITS, QUANTIZERS, check_bits
 from ghost_yolo.nn.switch_bn import (
@@ -33,6 +34,7 @@ from ghost_yolo.nn.switch_bn import (
 )
 
 from .config import QuantConfig, update_quant_config
+from .ties import tensor_grid_ready, tie_inputs
 
 __all__ = (
     "KEEP_BITS",
@@ -56,6 +58,7 @@ __all__ = (
     "to_float_self",
 )
 
+GRIDS = ("auto", "layer", "tensor")  # the grids= choices (QuantConfig.grids)
 KEEP_BITS = 8  # width of the layers the policy keeps at high precision (first conv, head prediction convs)
 
 
@@ -164,16 +167,46 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
     _check_names(widths, layers)
     for name, b in widths.items():
         layers[name].bits = check_bits(b, f"bits[{name}]")
-    if config.out_bits:
+    grids = resolve_grids(root, config)
+    out_bits = config.out_bits or (OUT_BITS if grids == "tensor" else None)
+    if out_bits:
         for block in root.modules():
             if isinstance(block, Conv) and isinstance(block.conv, QConv2d) and not isinstance(block.act, QuantAct):
-                block.act = QuantAct(block.act, block.conv, bits=config.out_bits)
+                block.act = QuantAct(block.act, block.conv, bits=out_bits, post=grids == "tensor")
+    for m in layers.values():
+        m.quant_enabled = False
+    if grids == "tensor":  # 8-bit activations on one grid per tensor, read by every consumer (quant.ties)
+        quantize_residuals(root, OUT_BITS)
+        for m in layers.values():
+            m.input_bits = OUT_BITS
+            m.bits = m.bits  # re-applies the input width
+        tie_inputs(root, _channels(root))
     for m in layers.values():
         m.quant_enabled = config.enabled
     if config.float_bn:
         add_float_bn(root)
-    config.replace(bits=get_bits(root)).write(root)  # the one write: the config as the layers now are
+    config.replace(bits=get_bits(root), grids=grids, out_bits=out_bits).write(root)  # the one write: as the layers are
     return model
+
+
+def resolve_grids(model: nn.Module, config: QuantConfig) -> str:
+    """``layer`` or ``tensor`` for ``config.grids`` (``auto``: tensor where every activation folds into an integer
+    conv and the quantizer is LSQ, the deploy-fast ReLU models; layer otherwise, as GHOST quantizes)."""
+    grids = config.grids
+    if grids not in GRIDS:
+        raise ValueError(f"grids={grids!r}: use one of {', '.join(GRIDS)}")
+    why = tensor_grid_ready(model) or (f"the {config.quantizer} quantizer clamps each layer's input to a range of its "
+                                       "own" if config.quantizer != "lsq" else None)
+    if grids == "auto":
+        return "layer" if why else "tensor"
+    if grids == "tensor" and why:
+        raise ValueError(f"grids=tensor: {why}")
+    return grids
+
+
+def _channels(model: nn.Module) -> int:
+    """The model's input channels (its YAML's, else the first conv's)."""
+    return (getattr(model, "yaml", None) or {}).get("channels") or next(iter(conv_layers(model).values())).in_channels
 
 
 def convert(model: nn.Module) -> nn.Module:

@@ -32,6 +32,9 @@ class QuantConfig:
         enabled: Quantizers on (off: the same weights compute in float, e.g. during the float phase).
         out_bits: Width of the conv blocks' learned output grids (``out_quant=True``: 8), or None.
         float_bn: The model carries a co-trained float self's BatchNorm set.
+        grids: ``layer``: each conv quantizes its input to a grid of its own at its width (GHOST); ``tensor``: one
+            8-bit grid per tensor after each activation, read by every consumer (integer from conv to conv,
+            ``quant.ties``); ``auto`` (a recipe's, resolved by ``prepare``): tensor for ReLU/ReLU6 models with LSQ.
     """
 
     quantizer: str = "lsq"
@@ -41,6 +44,7 @@ class QuantConfig:
     enabled: bool = True
     out_bits: int | None = None
     float_bn: bool = False
+    grids: str = "layer"
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # unknown keys of newer files, kept as they were
 
     # Serialisation ----------------------------------------------------------------------------------------------------
@@ -52,6 +56,8 @@ class QuantConfig:
             d.pop("out_bits")
         if not self.float_bn:
             d.pop("float_bn")
+        if d["grids"] == "layer":
+            d.pop("grids")
         return {**self.extra, **d}
 
     @classmethod
@@ -62,6 +68,7 @@ class QuantConfig:
         kw["bits"] = kw.get("bits") or 8
         kw["out_bits"] = kw.get("out_bits") or None
         kw["float_bn"] = bool(kw.get("float_bn"))
+        kw["grids"] = kw.get("grids") or "layer"
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
     @classmethod

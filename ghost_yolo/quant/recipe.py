@@ -41,6 +41,7 @@ class QuantRecipe:
         quantizer: Name in ``QUANTIZERS``.
         keep_first, keep_head: Keep the stem and the head's prediction convs at 8 bit.
         out_quant: Learn an 8-bit output grid per conv block.
+        grids: ``auto``, ``layer`` or ``tensor`` (``QuantConfig.grids``).
         hq_threshold, bit_min, bit_max: The HQ search's parameters.
     """
 
@@ -49,6 +50,7 @@ class QuantRecipe:
     keep_first: bool
     keep_head: bool
     out_quant: bool
+    grids: str
     hq_threshold: float
     bit_min: int
     bit_max: int
@@ -108,7 +110,7 @@ class QuantRecipe:
 
         return QuantConfig(quantizer=self.quantizer, bits=KEEP_BITS, keep_first=self.keep_first,
                            keep_head=self.keep_head, enabled=enabled,
-                           out_bits=OUT_BITS if self.out_quant else out_bits)
+                           out_bits=OUT_BITS if self.out_quant else out_bits, grids=self.grids)
 
     def widths(self, model: nn.Module, progress: bool = False) -> tuple[dict[str, int], dict | None]:
         """``({layer: bits}, HQ distortions or None)`` of this spec for ``model``: the HQ search on its current weights,
