@@ -31,10 +31,10 @@ from ghost_yolo.utils.hints import ghost_hints
 
 MODES = {
     "train": "train a detector (no arguments: ghost-n on the built-in vedai-synth demo data)",
-    "val": "validate a trained model (.pt or .onnx) on its data or data=...",
+    "val": "validate a trained model (.pt, .onnx, .ghost or an _openvino_model/ folder) on its data or data=...",
     "predict": "detect on image pairs: a folder (either pairing convention), a_co.png, or two paths",
-    "export": "export a trained model: format=onnx (integer QDQ for quantized models; int4=True), format=ghost (packed); "
-              "other Ultralytics formats for float models",
+    "export": "export a trained model: format=onnx (integer QDQ for quantized models; int4=True), format=openvino "
+              "(OpenVINO IR, int8 convolutions), format=ghost (packed); other Ultralytics formats for float models",
     "search": "HQ bit-width search on a trained model (no training): per-layer table, bits.yaml and bits.png",
     "info": "per-layer params, MACs, bits and BOPs, size MB and GBOPs (the GHOST paper's counting); layers.csv",
     "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024]",
@@ -68,6 +68,7 @@ Examples:
   ghost predict model=best.pt source=path/to/pairs save_txt=True
   ghost export model=best.pt format=onnx dynamic=True
   ghost export model=best.pt format=onnx int4=True                    # quantized: int8/INT4 weights, QLinearConv
+  ghost export model=best.pt format=openvino                          # best_openvino_model/: int8 convs on CPU
   ghost export model=best.pt format=ghost                             # packed .ghost (GhostYOLO('best.ghost'))
   ghost train resume model=runs/detect/train/weights/last.pt          # continue an interrupted run
   ghost train model=best.pt data=vedai-synth.yaml bits=hq epochs=10   # quantize a float model (HQ widths) + QAT
@@ -175,7 +176,8 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
 
     model = overrides.pop("model", None)
     if mode in NEEDS_MODEL and not model:
-        raise SyntaxError(f"'ghost {mode}' needs model=path/to/best.pt (or .onnx / .ghost for val/predict)")
+        raise SyntaxError(f"'ghost {mode}' needs model=path/to/best.pt (or .onnx / .ghost / _openvino_model/ for "
+                          "val/predict)")
     if mode == "predict" and overrides.get("source") is None:
         raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
     source = overrides.pop("source", None) if mode == "predict" else None
@@ -219,7 +221,7 @@ def entrypoint(debug: str = "") -> int:
             overrides = parse_args(rest, base, tasks=mode != "convert-vedai")
             run(mode, overrides)
         except (SyntaxError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError,
-                AssertionError) as e:
+                AssertionError, ModuleNotFoundError) as e:  # ModuleNotFoundError: an optional runtime, how to install
             if os.environ.get("GHOST_DEBUG") or (isinstance(e, AssertionError) and not str(e)):
                 raise  # a bare assert is a bug, not a message for the user: keep its traceback
             LOGGER.error(f"ghost {mode}: error: {e}")

@@ -80,7 +80,8 @@ class GhostYOLO(Model):
     """Ultralytics-style model for multimodal (RGB + IR) remote sensing detection.
 
     Args:
-        model (str | Path): Model YAML (path or shipped name such as ``ghost-n.yaml``), ``.pt`` checkpoint or ``.onnx``.
+        model (str | Path): Model YAML (path or shipped name such as ``ghost-n.yaml``), ``.pt`` checkpoint, ``.onnx``,
+            ``.ghost`` or an ``_openvino_model/`` folder.
         task (str): Only ``detect``.
         verbose (bool): Print the model summary when building from a YAML.
     """
@@ -102,7 +103,13 @@ class GhostYOLO(Model):
         super().__init__(model=model, task=task, verbose=verbose)
 
     def _load(self, weights: str, task: str | None = None) -> None:
-        """Load ``.pt``/``.onnx`` like Ultralytics, and packed ``.ghost`` checkpoints into an equivalent fused model."""
+        """Load ``.pt``/``.onnx``/``_openvino_model/`` like Ultralytics (an OpenVINO folder only with the metadata that
+        says its input channels), and packed ``.ghost`` checkpoints into an equivalent fused model."""
+        from ghost_yolo.export.openvino import is_openvino_model, openvino_metadata, require_openvino
+
+        if is_openvino_model(weights):
+            openvino_metadata(weights)
+            require_openvino()
         if Path(weights).suffix.lower() != ".ghost":
             return super()._load(weights, task)
         from ghost_yolo.export.packed import load_packed
@@ -128,9 +135,13 @@ class GhostYOLO(Model):
 
     @property
     def channels(self) -> int | None:
-        """Input channels of the loaded model: from the PyTorch model or the ONNX metadata."""
+        """Input channels of the loaded model: from the PyTorch model, the ONNX metadata or OpenVINO's metadata.yaml."""
+        from ghost_yolo.export.openvino import is_openvino_model, openvino_metadata
+
         if isinstance(self.model, nn.Module):
             return int(self.model.yaml.get("channels", 3))
+        if is_openvino_model(self.model):
+            return int(openvino_metadata(self.model)["channels"])
         if str(self.model).endswith(".onnx"):
             import onnx
 
@@ -280,7 +291,8 @@ class GhostYOLO(Model):
         return d
 
     def export(self, **kwargs: Any) -> str:
-        """Export like ``YOLO.export``; quantized models give integer ONNX (``int4``, ``calib``) or ``format=ghost``.
+        """Export like ``YOLO.export``; quantized models give integer ONNX (``int4``, ``calib``), OpenVINO IR converted
+        from it (``format=openvino``) or ``format=ghost``.
 
         ``format=ghost`` writes the packed checkpoint (weights bit-packed at their own widths), loadable with
         ``GhostYOLO('model.ghost')``. Other formats of a quantized model are refused with the reason; every route is

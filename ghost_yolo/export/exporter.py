@@ -101,17 +101,19 @@ def quantized_formats() -> list[str]:
     return [name for name, f in EXPORT_FORMATS.items() if f.quantized]
 
 
-def export_ultralytics(job: ExportJob) -> str:
-    """Every format without a writer of its own: Ultralytics' exporter (``GhostExporter``), integer ONNX when asked."""
+def export_ultralytics(job: ExportJob, exporter_cls: type[GhostExporter] | None = None) -> str:
+    """Every format without a writer of its own: Ultralytics' exporter (``GhostExporter``, or the subclass a format's
+    writer passes), integer ONNX when asked."""
     from ghost_yolo.cfg import split_ghost_args
     from ghost_yolo.data.io import modality_for_channels
 
     custom = {"imgsz": job.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
     args = {**split_ghost_args(job.overrides)[0], **custom, **job.stock, "mode": "export"}
-    exporter = GhostExporter(overrides=args, _callbacks=job.callbacks, int4=job.int4, calib=job.calib,
-                             calib_data=job.stock.get("data") or job.overrides.get("data"),
-                             modality=modality_for_channels(int(job.model.yaml.get("channels", 3))),
-                             integer=job.integer)
+    exporter = (exporter_cls or GhostExporter)(overrides=args, _callbacks=job.callbacks, int4=job.int4,
+                                               calib=job.calib,
+                                               calib_data=job.stock.get("data") or job.overrides.get("data"),
+                                               modality=modality_for_channels(int(job.model.yaml.get("channels", 3))),
+                                               integer=job.integer)
     return exporter(model=job.model)
 
 
@@ -138,7 +140,7 @@ def refuse_quantized(fmt: str) -> None:
         f"format={fmt} cannot hold a quantized model: Ultralytics' {fmt} export traces the fake-quant ops as float "
         f"math (or converts from a float graph), so the file would run at float cost with nothing computed in "
         f"integers. A quantized model exports as {' or '.join(f'format={f}' for f in quantized_formats())}; "
-        "toolchains that import ONNX with QuantizeLinear/DequantizeLinear (TensorRT, OpenVINO, ...) can build from the "
+        "toolchains that import ONNX with QuantizeLinear/DequantizeLinear (TensorRT, ...) can build from the "
         "QDQ ONNX with their own converter. For a float file of this model, export its float self (as_float=True, "
         "co-trained runs) or the float phase's best_fp.pt")
 
