@@ -287,14 +287,14 @@ def test_cpu_training_uses_every_physical_core(synth_yaml, tmp_path, monkeypatch
     base = {"model": "ghost-n.yaml", "data": str(synth_yaml), "imgsz": IMGSZ, "project": str(tmp_path)}
     before = torch.get_num_threads()
     try:
-        monkeypatch.setenv("GHOST_USER_OMP_THREADS", "")
+        monkeypatch.setattr("ghost_yolo.utils.threads.user_omp_threads", lambda: "")  # as if started without it
         torch.set_num_threads(1)
         GhostTrainer(overrides=base)
         assert torch.get_num_threads() == physical_cores()
         assert f"CPU training on {physical_cores()} thread" in log.text and "(one per physical core)" in log.text
         GhostTrainer(overrides={**base, "threads": 3})
         assert torch.get_num_threads() == 3 and "(threads=)" in log.text
-        monkeypatch.setenv("GHOST_USER_OMP_THREADS", "1")
+        monkeypatch.setattr("ghost_yolo.utils.threads.user_omp_threads", lambda: "1")
         GhostTrainer(overrides={**base, "threads": 3})
         assert torch.get_num_threads() == 1 and "CPU training on 1 thread (OMP_NUM_THREADS)" in log.text
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import EASY_EPOCHS, EASY_RECIPE, IMGSZ, QMAP50_FLOOR
+from conftest import EASY_RECIPE, IMGSZ, QMAP50_FLOOR
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.engine.setup import setup_qat
@@ -84,11 +84,14 @@ def test_tied_conv_skips_only_a_rounding_that_changes_nothing():
 
 
 def test_grids_tensor_is_refused_where_it_cannot_run_in_integers():
-    """grids=tensor on a SiLU model, or with DoReFa's per-layer clamp, is refused naming why; grids=auto keeps those
-    models on GHOST's per-layer grids (nothing recorded); an unknown value is refused."""
+    """grids=tensor on a model whose activation has no integer form here (LeakyReLU), or with DoReFa's per-layer
+    clamp, is refused naming why; grids=auto keeps SiLU models on GHOST's per-layer grids (nothing recorded); an
+    unknown value is refused."""
+    leaky = GhostDetectionModel({**GhostDetectionModel("ghost-n.yaml", verbose=False).yaml, "act": "LeakyReLU"}, ch=4,
+                                nc=8, verbose=False)
+    with pytest.raises(ValueError, match=r"grids=tensor: its conv blocks use LeakyReLU \(grids=tensor needs act: ReLU"):
+        setup_qat(leaky, QuantRecipe.from_args(bits=4, grids="tensor"), None)
     silu = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
-    with pytest.raises(ValueError, match=r"grids=tensor: its conv blocks use SiLU \(grids=tensor needs act: ReLU"):
-        setup_qat(deepcopy(silu), QuantRecipe.from_args(bits=4, grids="tensor"), None)
     setup_qat(silu, QuantRecipe.from_args(bits=4), None)
     assert "grids" not in silu.yaml["quant"] and not any(isinstance(c, QConv2d) and c.tied for c in silu.modules())
     relu = GhostDetectionModel("ghost-n-relu.yaml", ch=4, nc=8, verbose=False)
@@ -163,14 +166,18 @@ def test_export_decoding_equals_ultralytics_dfl():
     assert torch.allclose(ExportDFL(dfl)(x), dfl(x), atol=1e-5)
 
 
+RELU_EPOCHS = 6  # float epochs of the ReLU model from the SiLU fixture's weights (the same shapes)
+
+
 @pytest.fixture(scope="module")
-def relu_qtrained(easy_yaml, tmp_path_factory) -> Path:
-    """ghost-n-relu through the whole pipeline on the easy set: EASY_EPOCHS float epochs, the HQ search, one quantized
-    epoch (grids=tensor by default for this model); returns best.pt."""
+def relu_qtrained(trained, easy_yaml, tmp_path_factory) -> Path:
+    """ghost-n-relu through the whole pipeline on the easy set, started from the learned SiLU float model's weights:
+    RELU_EPOCHS float epochs, the HQ search, one quantized epoch (grids=tensor by default for this model); returns
+    last.pt."""
     project = tmp_path_factory.mktemp("relu")
-    GhostYOLO("ghost-n-relu.yaml").train(data=str(easy_yaml), epochs=EASY_EPOCHS + 1, fp_epochs=EASY_EPOCHS, kd="none",
-                                         project=str(project), name="q", exist_ok=True, plots=False, val=False,
-                                         **EASY_RECIPE)
+    GhostYOLO("ghost-n-relu.yaml").train(data=str(easy_yaml), pretrained=str(trained / "weights" / "best.pt"),
+                                         epochs=RELU_EPOCHS + 1, fp_epochs=RELU_EPOCHS, kd="none", project=str(project),
+                                         name="q", exist_ok=True, plots=False, val=False, **EASY_RECIPE)
     return project / "q" / "weights" / "last.pt"
 
 
@@ -186,3 +193,29 @@ def test_deploy_fast_model_learns_and_onnx_matches(relu_qtrained, easy_yaml, tmp
     f = model.export(format="onnx", imgsz=IMGSZ)
     ox = GhostYOLO(f).val(name="onnx", **kw).box.map50
     assert abs(ox - pt) <= 0.003, (pt, ox)
+
+
+def test_silu_on_tensor_grids_runs_as_integer_sigmoid_and_product(tmp_path):
+    """grids=tensor on a SiLU model: each block's SiLU is x * sigmoid(x) on grids (the conv output's, the sigmoid's
+    fixed 1/255 grid, the block's), so onnxruntime runs it as QLinearSigmoid and QLinearMul between integer convs, with
+    no float SiLU (QuickGelu) left, and computes what the fused PyTorch model does."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    m = GhostDetectionModel("ghost-n.yaml", ch=4, nc=8, verbose=False)
+    setup_qat(m, QuantRecipe.from_args(bits=8, grids="tensor"), None, images=torch.rand(2, 4, IMGSZ, IMGSZ))
+    assert m.yaml["quant"]["grids"] == "tensor"
+    assert sum(isinstance(c, QConv2d) and c.tied is not None for c in m.modules()) == 66
+    path = tmp_path / "silu_w8.pt"
+    torch.save({"model": deepcopy(m.eval()).half(), "train_args": {"imgsz": IMGSZ}}, path)
+    model = GhostYOLO(path)
+    f = model.export(format="onnx", imgsz=IMGSZ)
+    ops = _ort_optimized(f, tmp_path)
+    assert ops.get("QLinearConv", 0) >= 81 and ops.get("QLinearSigmoid", 0) >= 70 and ops.get("QLinearMul", 0) >= 70
+    assert not ops.get("QuickGelu") and ops.get("QuantizeLinear", 0) <= 12
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 4, IMGSZ, IMGSZ)
+    y_ort = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        y_pt = deepcopy(model.model).float().eval().fuse(verbose=False)(x)[0].numpy()
+    assert np.mean(np.abs(y_ort[:, 4:] - y_pt[:, 4:]) < 0.01) > 0.99

@@ -81,8 +81,12 @@ def test_fused_matches_unfused_trained(qtrained, easy_yaml):
     seen = ref[:, 4:].amax(1) > 0.01
     assert seen.sum() >= 4  # the learned model finds the objects of these images
     box_err = (out[:, :4] - ref[:, :4]).abs().permute(0, 2, 1)[seen].max().item()
-    cls_err = (out[:, 4:] - ref[:, 4:]).abs().max().item()
-    assert box_err < 0.5 and cls_err < 0.02, (box_err, cls_err)  # within one quantization step of the head
+    cls = (out[:, 4:] - ref[:, 4:]).abs()
+    # fusing puts each bias on its int32 accumulator grid (as integer runtimes add it): at most half a step, which
+    # now and then flips a code of a later 8-bit grid; scores then move by a few hundredths at most. Folding BatchNorm
+    # before quantizing, or a wrong grid, moves scores everywhere
+    share = (cls < 0.01).float().mean().item()
+    assert box_err < 0.5 and share > 0.99 and cls.max() < 0.05, (box_err, share, cls.max().item())
 
 
 def test_quantized_val_and_predict(qtrained, easy_yaml):

@@ -26,7 +26,7 @@ from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.utils import LOGGER
 
-from ghost_yolo.nn.qconv import QConv2d, QuantAct
+from ghost_yolo.nn.qconv import SIGMOID_GRID, QConv2d, QuantAct
 from ghost_yolo.nn.quantizers import LSQAct
 
 __all__ = ("QDQAct", "QDQConv", "active_qconvs", "calibrate_outputs", "finalize_qdq", "to_qdq", "trained_output_grids")
@@ -51,9 +51,17 @@ def _block_convs(model: nn.Module) -> dict[str, Conv]:
 
 def trained_output_grids(model: nn.Module) -> dict[str, tuple[float, int]]:
     """``{conv name: (step, zero point)}`` of the output grids learned in QAT (``out_quant=True``) on the conv output
-    before the activation, active convs only (grids after the activation, ``grids=tensor``, export as ``QDQAct``)."""
-    return {n: b.act.quant.qparams()[:2] for n, b in _block_convs(model).items()
-            if isinstance(b.act, QuantAct) and not getattr(b.act, "post", False)}
+    before the activation, active convs only (grids after the activation, ``grids=tensor``, export as ``QDQAct``;
+    a SiLU block there has both)."""
+    out = {}
+    for n, b in _block_convs(model).items():
+        if not isinstance(b.act, QuantAct):
+            continue
+        if not getattr(b.act, "post", False):
+            out[n] = b.act.quant.qparams()[:2]
+        elif getattr(b.act, "pre", None) is not None:
+            out[n] = b.act.pre.qparams()[:2]
+    return out
 
 
 @torch.no_grad()
@@ -133,15 +141,20 @@ class QDQConv(nn.Module):
 
 class QDQAct(nn.Module):
     """Export-time stand-in for a ``QuantAct`` after the activation (``grids=tensor``): ``act``, then the tensor's
-    8-bit grid as a QuantizeLinear/DequantizeLinear pair (with ReLU before it, onnxruntime folds both into the conv)."""
+    8-bit grid as a QuantizeLinear/DequantizeLinear pair (with ReLU before it, onnxruntime folds both into the conv).
+    SiLU is written as ``x * Q/DQ(sigmoid(x))`` on the sigmoid's fixed grid (``silu=True``): onnxruntime runs the
+    sigmoid as ``QLinearSigmoid`` and the product as ``QLinearMul``."""
 
-    def __init__(self, act: nn.Module, step: float, zero: int) -> None:
+    def __init__(self, act: nn.Module, step: float, zero: int, silu: bool = False) -> None:
         """Freeze the grid ``(step, zero)`` behind ``act``."""
         super().__init__()
-        self.act, self.step, self.zero = act, step, zero
+        self.act, self.step, self.zero, self.silu = act, step, zero, silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``Q/DQ(act(x))``."""
+        if self.silu:
+            s = torch.fake_quantize_per_tensor_affine(torch.sigmoid(x), SIGMOID_GRID, 0, 0, 255)
+            return torch.fake_quantize_per_tensor_affine(x * s, self.step, self.zero, 0, 255)
         return torch.fake_quantize_per_tensor_affine(self.act(x), self.step, self.zero, 0, 255)
 
 
@@ -153,7 +166,7 @@ def to_qdq(model: nn.Module, out_ranges: dict[str, tuple[float, int]]) -> dict[s
         parent = model.get_submodule(parent_name) if parent_name else model
         if getattr(q, "post", False) and q.active:  # the tensor's grid, after the activation
             step, zero, _ = q.quant.qparams()
-            setattr(parent, attr, QDQAct(q.act, step, zero))
+            setattr(parent, attr, QDQAct(q.act, step, zero, silu=getattr(q, "pre", None) is not None))
         else:  # the output grid (if any) moves into the QDQConv; the activation stays
             setattr(parent, attr, q.act)
     for name, conv in active_qconvs(model).items():

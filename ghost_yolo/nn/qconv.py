@@ -14,7 +14,7 @@ from torch import nn
 
 from .quantizers import QUANTIZERS, FakeQuantizer, LSQAct, check_bits, half_exact
 
-__all__ = ("QConv2d", "QuantAct")
+__all__ = ("SIGMOID_GRID", "QConv2d", "QuantAct", "sigmoid_on_grid")
 
 OUT_BITS = 8  # width of the conv-block output grid (what onnxruntime's QLinearConv writes: uint8)
 
@@ -174,6 +174,9 @@ class QuantAct(nn.Module):
         self.quant = LSQAct(bits)
         self._conv = (conv,)
         self.post = post
+        # SiLU after a grid: the conv output's own grid, then x * sigmoid(x) as integer runtimes compute it (onnxruntime's
+        # QLinearSigmoid on that grid, the sigmoid on SIGMOID_GRID, QLinearMul onto this block's grid)
+        self.pre = LSQAct(bits) if post and isinstance(act, nn.SiLU) else None
 
     @property
     def conv(self) -> QConv2d:
@@ -189,4 +192,19 @@ class QuantAct(nn.Module):
         """``act(Q8(x))`` (or ``Q8(act(x))`` when ``post``) while the conv is quantized, ``act(x)`` otherwise."""
         if not self.active:
             return self.act(x)
-        return self.quant(self.act(x)) if getattr(self, "post", False) else self.act(self.quant(x))
+        if not getattr(self, "post", False):
+            return self.act(self.quant(x))
+        if getattr(self, "pre", None) is not None:
+            y = self.pre(x)
+            return self.quant(y * sigmoid_on_grid(y))
+        return self.quant(self.act(x))
+
+
+SIGMOID_GRID = 1 / 255  # step of the sigmoid's uint8 grid (zero point 0): codes 0..255 cover [0, 1]
+
+
+def sigmoid_on_grid(x: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(x)`` rounded to ``SIGMOID_GRID`` (straight-through gradient), as a lookup-table integer sigmoid
+    writes it."""
+    s = torch.sigmoid(x)
+    return s + (torch.round(s / SIGMOID_GRID) * SIGMOID_GRID - s).detach()

@@ -191,14 +191,16 @@ def prepare(model: nn.Module, config: QuantConfig) -> nn.Module:
 
 def resolve_grids(model: nn.Module, config: QuantConfig) -> str:
     """``layer`` or ``tensor`` for ``config.grids`` (``auto``: tensor where every activation folds into an integer
-    conv and the quantizer is LSQ, the deploy-fast ReLU models; layer otherwise, as GHOST quantizes)."""
+    conv and the quantizer is LSQ, the deploy-fast ReLU models; layer otherwise, as GHOST quantizes; ``tensor`` also
+    for SiLU models, whose SiLU then runs as an integer sigmoid and product)."""
     grids = config.grids
     if grids not in GRIDS:
         raise ValueError(f"grids={grids!r}: use one of {', '.join(GRIDS)}")
-    why = tensor_grid_ready(model) or (f"the {config.quantizer} quantizer clamps each layer's input to a range of its "
-                                       "own" if config.quantizer != "lsq" else None)
-    if grids == "auto":
-        return "layer" if why else "tensor"
+    lsq = (f"the {config.quantizer} quantizer clamps each layer's input to a range of its own"
+           if config.quantizer != "lsq" else None)
+    if grids == "auto":  # the deploy-fast models; SiLU models keep GHOST's grids unless asked
+        return "layer" if lsq or tensor_grid_ready(model, folding=True) else "tensor"
+    why = tensor_grid_ready(model) or lsq
     if grids == "tensor" and why:
         raise ValueError(f"grids=tensor: {why}")
     return grids

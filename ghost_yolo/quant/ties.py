@@ -20,10 +20,11 @@ from torch import nn
 
 from ghost_yolo.nn.qconv import QConv2d, QuantAct
 
-__all__ = ("GRID_KEEPING", "TENSOR_GRID_ACTS", "tensor_grid_ready", "tie_inputs")
+__all__ = ("FOLDING_ACTS", "GRID_KEEPING", "TENSOR_GRID_ACTS", "tensor_grid_ready", "tie_inputs")
 
 GRID_KEEPING = (nn.MaxPool2d, nn.Upsample)  # modules whose output lies on their input's grid (nearest upsampling)
-TENSOR_GRID_ACTS = (nn.ReLU, nn.ReLU6, nn.Identity)  # activations a runtime folds into the integer conv before its Q
+FOLDING_ACTS = (nn.ReLU, nn.ReLU6, nn.Identity)  # activations a runtime folds into the integer conv before its Q
+TENSOR_GRID_ACTS = (*FOLDING_ACTS, nn.SiLU)  # SiLU: as an integer sigmoid (lookup table) and an integer product
 
 
 def _acts(model: nn.Module) -> list[nn.Module]:
@@ -38,10 +39,13 @@ def _acts(model: nn.Module) -> list[nn.Module]:
     return out
 
 
-def tensor_grid_ready(model: nn.Module) -> str | None:
-    """None when every conv block's activation folds into an integer conv (ReLU, ReLU6, none), else the reason."""
-    other = sorted({type(a).__name__ for a in _acts(model) if not isinstance(a, TENSOR_GRID_ACTS)})
-    return None if not other else f"its conv blocks use {', '.join(other)} (grids=tensor needs act: ReLU or ReLU6)"
+def tensor_grid_ready(model: nn.Module, folding: bool = False) -> str | None:
+    """None when every conv block's activation can run in integers (``folding``: folds into the integer conv: ReLU,
+    ReLU6, none; else SiLU too), else the reason."""
+    ok = FOLDING_ACTS if folding else TENSOR_GRID_ACTS
+    other = sorted({type(a).__name__ for a in _acts(model) if not isinstance(a, ok)})
+    return None if not other else (f"its conv blocks use {', '.join(other)} (grids=tensor needs act: ReLU, ReLU6 or "
+                                   "SiLU)")
 
 
 def _storage(t: torch.Tensor) -> int:

@@ -8,8 +8,9 @@ model scale to the physical cores; logical (SMT) siblings share their core's vec
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-__all__ = ("physical_cores", "training_threads")
+__all__ = ("physical_cores", "training_threads", "user_omp_threads")
 
 
 def physical_cores() -> int:
@@ -29,10 +30,20 @@ def physical_cores() -> int:
     return max(1, min(physical, usable // per_core if usable >= per_core else usable))
 
 
+def user_omp_threads() -> str:
+    """The ``OMP_NUM_THREADS`` the user started the process with, not the 1 that importing Ultralytics sets where it
+    is unset: the process's start environment (Linux), else what ``ghost_yolo`` read before importing Ultralytics."""
+    try:
+        start = dict(v.split(b"=", 1) for v in Path("/proc/self/environ").read_bytes().split(b"\0") if b"=" in v)
+        return start.get(b"OMP_NUM_THREADS", b"").decode().strip()
+    except OSError:
+        return os.environ.get("GHOST_USER_OMP_THREADS", "").strip()
+
+
 def training_threads(requested: int | None) -> tuple[int, str]:
-    """``(threads, why)`` for CPU training: ``OMP_NUM_THREADS`` when set, else ``threads=`` when > 0, else every
-    physical core."""
-    env = os.environ.get("GHOST_USER_OMP_THREADS", "").strip()  # the user's, not the 1 Ultralytics' import sets
+    """``(threads, why)`` for CPU training: ``OMP_NUM_THREADS`` when the user set it, else ``threads=`` when > 0, else
+    every physical core."""
+    env = user_omp_threads()
     if env.isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"
     if requested and int(requested) > 0:
