@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["ghost", "train"], cwd=d, env={**env, "GHOST_DATASETS_DIR": str(Path(d) / "datasets")},
                        check=True)
         seconds = time.perf_counter() - t
-        run = sorted((Path(d) / "runs" / "detect").glob("train*"))[-1]
+        from ultralytics.utils import SETTINGS
+
+        # ./runs on a fresh machine; Ultralytics' runs_dir where its settings say so (a Python install inside a git
+        # repository puts it there): the newest run of the two
+        runs = [*(Path(d) / "runs" / "detect").glob("train*"), *(Path(SETTINGS["runs_dir"]) / "detect").glob("train*")]
+        run = max(runs, key=lambda r: r.stat().st_mtime)
         print(record(run, seconds, a.isa))
     return 0
 

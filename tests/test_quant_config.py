@@ -130,7 +130,7 @@ def test_register_quantizer():
         quantizers._HALVES.pop("lsq-test", None)
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "openvino", "coreml", "engine"])
+@pytest.mark.parametrize("fmt", ["torchscript", "coreml", "engine"])
 def test_quantized_export_refuses_other_formats(fmt, tmp_path):
     """A quantized model asked for a format that cannot hold it is refused with the reason and the formats that can."""
     from ghost_yolo.export.exporter import export_model
@@ -201,13 +201,13 @@ def test_register_export_format(tmp_path):
 
         assert exporter.export_model(m, {"format": "test-fmt"}, {}, tmp_path / "best.pt") == "test-fmt:True:best.pt"
         assert "test-fmt" in exporter.quantized_formats()
-        with pytest.raises(ValueError, match="format=onnx or format=ghost or format=test-fmt"):
-            exporter.export_model(m, {"format": "openvino"}, {}, tmp_path / "best.pt")
+        with pytest.raises(ValueError, match="format=onnx or format=ghost or format=openvino or format=test-fmt"):
+            exporter.export_model(m, {"format": "coreml"}, {}, tmp_path / "best.pt")
         with pytest.raises(ValueError, match="taken"):
             exporter.register_export_format("ghost")(write)
     finally:
         exporter.EXPORT_FORMATS.pop("test-fmt", None)
-    assert list(exporter.EXPORT_FORMATS) == ["onnx", "ghost"]
+    assert list(exporter.EXPORT_FORMATS) == ["onnx", "ghost", "openvino"]
 
 
 def test_phase_callbacks_run_first_once(tmp_path):
