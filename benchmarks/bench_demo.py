@@ -16,17 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, cpu_name, run_main, write_md
+from common import RESULTS, cpu_name, cpu_times, run_main, write_md
 
 TARGET_S = 600
 
 
-def record(run: Path, seconds: float, isa: str) -> str:
+def record(run: Path, seconds: float, isa: str, others: float | None = None) -> str:
     """demo.md from a finished demo run directory and its wall time."""
     from ghost_yolo.distill import native_bf16_cpu
 
@@ -47,6 +48,8 @@ def record(run: Path, seconds: float, isa: str) -> str:
         f"| wall time | **{minutes} min {sec:02d} s** (target <= {TARGET_S // 60} min: "
         f"{'met' if seconds <= TARGET_S else 'not met'}) |",
         f"| CPU | {cpu_name()}, {os.cpu_count()} cores, instruction set {isa or 'native'}, native bf16: {bf16} |",
+        f"| other processes during the run | "
+        + (f"{100 * others:.0f}% of one core on average" if others is not None else "not measured") + " |",
         f"| quantized mAP50 / mAP50-95 | **{qq.get('mAP50', 0):.3f}** / {qq.get('mAP50-95', 0):.3f} (best.pt, epoch "
         f"{qq.get('epoch')}) |",
         f"| float self of best.pt ({fs.get('batchnorm')} BatchNorm) mAP50 | {fs.get('mAP50') or 0:.3f} |",
@@ -73,17 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     if a.isa == "avx2":
         env.update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
     with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
+        t, before = time.perf_counter(), cpu_times()
+        child = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(["ghost", "train"], cwd=d, env={**env, "GHOST_DATASETS_DIR": str(Path(d) / "datasets")},
                        check=True)
         seconds = time.perf_counter() - t
+        after, done = cpu_times(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        others = None
+        if before and after:  # busy CPU time of everything but the demo, in cores
+            hz = os.sysconf("SC_CLK_TCK")
+            mine = (done.ru_utime + done.ru_stime) - (child.ru_utime + child.ru_stime)
+            others = max(0.0, ((after[0] - before[0]) / hz - mine) / seconds)
         from ultralytics.utils import SETTINGS
 
         # ./runs on a fresh machine; Ultralytics' runs_dir where its settings say so (a Python install inside a git
         # repository puts it there): the newest run of the two
         runs = [*(Path(d) / "runs" / "detect").glob("train*"), *(Path(SETTINGS["runs_dir"]) / "detect").glob("train*")]
         run = max(runs, key=lambda r: r.stat().st_mtime)
-        print(record(run, seconds, a.isa))
+        print(record(run, seconds, a.isa, others))
     return 0
 
 
