@@ -369,7 +369,9 @@ def calibrate(model: nn.Module, images: torch.Tensor, recalibrate: bool = True) 
             m.weight_quant.calibrated.fill_(False)
             m.input_quant.calibrated.fill_(False)
         for m in output_quantizers(root).values():
-            m.quant.calibrated.fill_(False)
+            for q in (m.quant, getattr(m, "pre", None)):  # pre: a SiLU block's conv-output grid (grids=tensor)
+                if q is not None:
+                    q.calibrated.fill_(False)
     bns = [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     training = root.training
