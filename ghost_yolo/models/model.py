@@ -1,4 +1,5 @@
-"""GhostDetectionModel: Ultralytics' DetectionModel built from ghost YAMLs, with custom blocks and ``act:``.
+"""GhostDetectionModel / GhostOBBModel: Ultralytics' DetectionModel / OBBModel built from ghost YAMLs, with custom
+blocks and ``act:``. The task comes from the YAML's head (``OBB`` -> ``obb``), as in Ultralytics.
 
 Ultralytics resolves YAML module names in its own namespace and does no channel bookkeeping for unknown ones, so a
 custom block is first built as a shape-equivalent ``Conv`` stand-in and swapped in afterwards, reading its channels
@@ -13,7 +14,7 @@ from typing import Any
 
 from torch import nn
 from ultralytics.nn.modules import Conv
-from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+from ultralytics.nn.tasks import DetectionModel, OBBModel, guess_model_task, yaml_model_load
 from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import initialize_weights
 
@@ -137,3 +138,31 @@ class GhostDetectionModel(DetectionModel):
         from ghost_yolo.data.io import modality_for_channels
 
         return modality_for_channels(self.yaml.get("channels", 3))
+
+
+class GhostOBBModel(GhostDetectionModel, OBBModel):
+    """Oriented-box ghost model: a ghost YAML ending in Ultralytics' ``OBB`` head, trained with its rotated loss.
+
+    Everything ghost adds to the detector (custom blocks, ``act:``, quantized rebuilds, seeding, the distiller's loss
+    hook, quantized fusing) comes from ``GhostDetectionModel``; the criterion (``v8OBBLoss``) from ``OBBModel``.
+    """
+
+
+TASKS = {"detect": GhostDetectionModel, "obb": GhostOBBModel}  # ghost-yolo's tasks and their model classes
+
+
+def model_task(cfg: str | Path | dict) -> str:
+    """The task of a model YAML (path, shipped name or dict) from its head, as Ultralytics guesses it; only ghost
+    tasks are accepted."""
+    yaml = cfg if isinstance(cfg, dict) else load_model_yaml(cfg)
+    task = guess_model_task(yaml)
+    if task not in TASKS:
+        raise ValueError(f"model YAML {yaml.get('yaml_file', '')} has a {task} head: ghost-yolo models are "
+                         f"{' or '.join(TASKS)} models (a Detect or OBB head)")
+    return task
+
+
+def build_model(cfg: str | Path | dict, ch: int | None = None, nc: int | None = None,
+                verbose: bool = True) -> GhostDetectionModel:
+    """The ghost model of a YAML's task (``GhostOBBModel`` for an OBB head, else ``GhostDetectionModel``)."""
+    return TASKS[model_task(cfg)](cfg, ch=ch, nc=nc, verbose=verbose)
