@@ -1,4 +1,4 @@
-"""Resolving and checking data YAMLs: shipped names, the generated vedai-synth set, modality and channels."""
+"""Resolving and checking data YAMLs: shipped names, the generated synthetic sets, modality and channels."""
 
 from __future__ import annotations
 
@@ -23,16 +23,17 @@ def datasets_dir() -> Path:
     return Path(os.environ.get("GHOST_DATASETS_DIR") or Path.cwd() / "datasets").resolve()
 
 
-def ensure_vedai_synth() -> Path:
-    """Generate vedai-synth on first use and return its data YAML (absolute ``path:``, as Ultralytics needs)."""
+def ensure_synthetic(name: str = "vedai-synth") -> Path:
+    """Generate a shipped synthetic set (a ``cfg/datasets`` YAML with a ``generator:`` block) into
+    ``datasets_dir()/name`` on first use and return its data YAML (absolute ``path:``, as Ultralytics needs)."""
     from .synthetic import generate_vedai_synth
 
-    spec = YAML.load(DATASETS_CFG_DIR / SYNTH_YAML)
-    root = datasets_dir() / "vedai-synth"
+    spec = YAML.load(DATASETS_CFG_DIR / f"{name}.yaml")
+    root = datasets_dir() / name
     if not (root / "images").is_dir():
-        LOGGER.info(f"Generating vedai-synth into {root} (first use, seeded; about half a minute) ...")
+        LOGGER.info(f"Generating {name} into {root} (first use, seeded; about half a minute) ...")
         generate_vedai_synth(root, **spec.get("generator", {}))
-    yaml_file = root / SYNTH_YAML
+    yaml_file = root / f"{name}.yaml"
     if not yaml_file.exists():
         spec = {k: v for k, v in spec.items() if k != "generator"}
         YAML.save(yaml_file, {**spec, "path": str(root)})
@@ -40,12 +41,11 @@ def ensure_vedai_synth() -> Path:
 
 
 def resolve_data(data: str | Path | None) -> str:
-    """Turn a data argument into a YAML path: shipped names resolve, vedai-synth is generated when first asked for."""
-    data = str(data or SYNTH_YAML)
-    path = resolve_yaml(data, "datasets")
-    if Path(path).resolve() == (DATASETS_CFG_DIR / SYNTH_YAML).resolve():
-        return str(ensure_vedai_synth())
-    return path
+    """Turn a data argument into a YAML path: shipped names resolve, synthetic sets generate when first asked for."""
+    path = Path(resolve_yaml(str(data or SYNTH_YAML), "datasets"))
+    if path.parent.resolve() == DATASETS_CFG_DIR.resolve() and path.is_file() and "generator" in YAML.load(path):
+        return str(ensure_synthetic(path.stem))
+    return str(path)
 
 
 def apply_modality(d: dict[str, Any], modality: str | None = None, overrides: dict | None = None) -> dict[str, Any]:

@@ -1,12 +1,17 @@
-"""Deterministic synthetic VEDAI-like RGB + IR aerial dataset ("vedai-synth").
+"""Deterministic synthetic VEDAI-like RGB + IR aerial datasets ("vedai-synth", and "vedai-synth-obb" with obb=True).
 
 Lets the whole RGB+IR pipeline (data loading, training, export) run and be tested without downloading VEDAI. The scenes
 are built so that both modalities matter: some classes differ only in IR, some only in colour, and about 20% of objects
 are camouflaged in one of the two bands.
 
+The oriented variant draws the same vehicles with aspect ratios 1.5-4 at uniform headings, spaced by their rotated
+outlines (so neighbours' axis-aligned boxes may overlap) and often parked side by side in rows, and labels each with
+its four corners: an axis-aligned box is a poor fit there, so orientation has to be learned.
+
 Examples:
     >>> from ghost_yolo.data.synthetic import generate_vedai_synth
     >>> root = generate_vedai_synth("datasets/vedai-synth", n_train=400, n_val=100, imgsz=256)
+    >>> root = generate_vedai_synth("datasets/vedai-synth-obb", n_train=400, n_val=100, imgsz=256, obb=True)
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ SIZE = {CAR: (9, 16), PICKUP: (9, 16), CAMPING: (16, 28), TRUCK: (26, 40), OTHER
         BOAT: (8, 32), VAN: (16, 28)}  # fmt: skip
 ASPECT = {CAR: (1.8, 2.3), PICKUP: (1.8, 2.3), CAMPING: (1.8, 2.4), TRUCK: (2.6, 3.6), OTHER: (1.0, 3.0),
           TRACTOR: (1.2, 1.6), BOAT: (2.4, 4.0), VAN: (1.8, 2.4)}  # fmt: skip
+# The oriented set's aspects: every class within 1.5-4 (none near square, where the angle is undefined); car and pickup
+# share a range (they must consume the generator identically), as do camping and van
+ASPECT_OBB = {CAR: (1.8, 2.6), PICKUP: (1.8, 2.6), CAMPING: (2.0, 2.8), TRUCK: (2.8, 4.0), OTHER: (1.5, 4.0),
+              TRACTOR: (1.5, 1.9), BOAT: (2.4, 4.0), VAN: (2.0, 2.8)}  # fmt: skip
 HIDE_RGB = {CAR, PICKUP, TRUCK, OTHER, TRACTOR, BOAT}  # classes whose identity lives in IR may vanish in colour
 HIDE_IR = {CAMPING, VAN, TRUCK, OTHER, TRACTOR, BOAT}  # classes whose identity lives in colour may vanish in IR
 CAR_COLOURS = [(200, 200, 205), (30, 30, 35), (160, 30, 30), (40, 60, 140), (120, 120, 125), (230, 230, 230)]
@@ -172,15 +181,49 @@ def _draw_vehicle(rgb: np.ndarray, ir: np.ndarray, geom: tuple, parts: list, sun
         cv2.fillPoly(ir, [pts], bg_ir * 1.03 if hide == "ir" else float(level), cv2.LINE_8, 4)
 
 
+def _separated(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two convex polygons (k, 2) are disjoint: some edge normal of either separates their projections."""
+    for poly in (a, b):
+        edges = np.roll(poly, -1, 0) - poly
+        for nx, ny in np.stack([-edges[:, 1], edges[:, 0]], 1):
+            pa, pb = a @ (nx, ny), b @ (nx, ny)
+            if pa.max() <= pb.min() or pb.max() <= pa.min():
+                return True
+    return False
+
+
+def _parking_row(rng: np.random.Generator, s: int) -> list[tuple[float, float, float]]:
+    """Sample 3-7 side-by-side parking slots (cx, cy, deg) sharing a heading, so neighbours' enclosing boxes overlap."""
+    p, a, k = rng.random(2) * s, rng.uniform(0, np.pi), int(rng.integers(3, 8))
+    step, across = rng.uniform(10, 14) * s / 256, np.array([-np.sin(a), np.cos(a)])
+    flips, jitter = rng.integers(2, size=k), rng.normal(0, 3, k)  # nose in or out, a few degrees off the line
+    return [(*(p + (i - (k - 1) / 2) * step * across), np.rad2deg(a) + 180 * f + j)
+            for i, (f, j) in enumerate(zip(flips, jitter))]  # fmt: skip
+
+
 def _place(
-    rng: np.random.Generator, cls: int, s: int, cover: np.ndarray, roads: list, taken: list, pad: float
+    rng: np.random.Generator,
+    cls: int,
+    s: int,
+    cover: np.ndarray,
+    roads: list,
+    taken: list,
+    pad: float,
+    obb: bool = False,
+    slot: tuple[float, float, float] | None = None,
 ) -> tuple | None:
-    """Sample a free, fully-inside rotated rectangle for one vehicle (boats on water, others on land) or None."""
+    """Sample a free, fully-inside rotated rectangle for one vehicle (boats on water, others on land) or None.
+
+    Detect spacing keeps axis-aligned boxes ``pad`` apart; ``obb`` spacing keeps the rotated outlines ``pad`` apart and
+    draws the oriented aspects, and a ``slot`` (cx, cy, deg) is tried once as it is (a parking-row place).
+    """
     water = np.argwhere(cover == WATER) if cls == BOAT else None
-    for _ in range(30):
+    for _ in range(1 if slot else 30):
         length = rng.uniform(*SIZE[cls]) * s / 256
-        width = length / rng.uniform(*ASPECT[cls])
-        if cls == BOAT:
+        width = length / rng.uniform(*(ASPECT_OBB if obb else ASPECT)[cls])
+        if slot:
+            cx, cy, deg = slot
+        elif cls == BOAT:
             cy, cx = water[rng.integers(len(water))] + 0.5
             deg = rng.uniform(0, 360)
         elif roads and rng.random() < 0.5:  # drive along a road
@@ -200,17 +243,26 @@ def _place(
             continue
         if cls != BOAT and ((patch == WATER) | (patch >= ROOF_RED)).mean() > 0.2:  # no cars on lakes or rooftops
             continue
-        if any(x0 < bx1 + pad and bx0 < x1 + pad and y0 < by1 + pad and by0 < y1 + pad for bx0, by0, bx1, by1 in taken):
+        if obb:
+            grown = cv2.boxPoints(((float(cx), float(cy)), (length + 2 * pad, width + 2 * pad), float(deg)))
+            if not all(_separated(grown, other) for other in taken):
+                continue
+            taken.append(box)
+        elif any(x0 < bx1 + pad and bx0 < x1 + pad and y0 < by1 + pad and by0 < y1 + pad
+                 for bx0, by0, bx1, by1 in taken):
             continue
-        taken.append((x0, y0, x1, y1))
+        else:
+            taken.append((x0, y0, x1, y1))
         return geom
     return None
 
 
-def make_sample(imgsz: int, seed: int, idx: int) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
-    """Generate one RGB (HWC uint8, RGB order) + IR (HW uint8) pair and its (cls, xc, yc, w, h) normalised labels.
+def make_sample(imgsz: int, seed: int, idx: int, obb: bool = False) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """Generate one RGB (HWC uint8, RGB order) + IR (HW uint8) pair and its normalised labels: (cls, xc, yc, w, h), or
+    with ``obb`` (cls, x1, y1, ..., x4, y4), the corners in order around the rectangle.
 
     Seeded by (seed, idx) alone, so any sample can be regenerated on its own and worker count never changes output.
+    The oriented path draws extra random numbers only behind ``obb``, so the detect set stays byte-identical.
     """
     rng = np.random.default_rng([seed, idx])
     s = imgsz
@@ -220,11 +272,13 @@ def make_sample(imgsz: int, seed: int, idx: int) -> tuple[np.ndarray, np.ndarray
     sun = (rng.uniform(1.5, 3.0) * s / 256 * np.array([np.cos(a), np.sin(a)])).astype(np.float32)
     classes = [c for c in VEDAI_NAMES if c != BOAT or (cover == WATER).mean() > 0.05]
     taken, labels, n = [], [], int(rng.integers(3, 13))
+    slots = _parking_row(rng, s) if obb and rng.random() < 0.5 else []
     for _ in range(4 * n):
         if len(labels) == n:
             break
         cls = int(rng.choice(classes))
-        geom = _place(rng, cls, s, cover, roads, taken, pad=float(np.abs(sun).max()) + 1)
+        slot = slots.pop(0) if slots and cls != BOAT else None
+        geom = _place(rng, cls, s, cover, roads, taken, float(np.abs(sun).max()) + 1, obb, slot)
         if geom is None:
             continue
         hide = ""
@@ -232,6 +286,9 @@ def make_sample(imgsz: int, seed: int, idx: int) -> tuple[np.ndarray, np.ndarray
             hide = str(rng.choice(["rgb"] * (cls in HIDE_RGB) + ["ir"] * (cls in HIDE_IR)))
         _draw_vehicle(rgb, ir, geom, _parts(rng, cls), sun, hide)
         corners = cv2.boxPoints(geom) / s
+        if obb:  # OpenCV draws pixel i around i, labels read it as [i, i + 1]; placement keeps corners inside
+            labels.append((cls, *(corners + 0.5 / s).ravel().tolist()))
+            continue
         (x0, y0), (x1, y1) = np.clip(corners.min(0), 0, 1), np.clip(corners.max(0), 0, 1)
         labels.append((cls, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
     rgb = cv2.GaussianBlur(rgb, (0, 0), 0.6) + rng.standard_normal(rgb.shape, dtype=np.float32) * 3
@@ -240,15 +297,15 @@ def make_sample(imgsz: int, seed: int, idx: int) -> tuple[np.ndarray, np.ndarray
     return np.clip(rgb, 0, 255).round().astype(np.uint8), np.clip(ir, 0, 255).round().astype(np.uint8), labels
 
 
-def _write_sample(job: tuple[Path, str, int, int, int]) -> None:
-    """Generate sample idx and write its VEDAI-named PNG pair and YOLO label file into the given split."""
-    root, split, idx, imgsz, seed = job
-    rgb, ir, labels = make_sample(imgsz, seed, idx)
+def _write_sample(job: tuple[Path, str, int, int, int, bool]) -> None:
+    """Generate sample idx and write its VEDAI-named PNG pair and YOLO (or YOLO OBB) label file into the given split."""
+    root, split, idx, imgsz, seed, obb = job
+    rgb, ir, labels = make_sample(imgsz, seed, idx, obb)
     stem = f"{idx:08d}"
     for name, im in ((f"{stem}_co.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)), (f"{stem}_ir.png", ir)):
         if not cv2.imwrite(str(root / "images" / split / name), im):  # cv2 reports failure only by return value
             raise OSError(f"could not write {root / 'images' / split / name}")
-    lines = [f"{c} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}" for c, xc, yc, w, h in labels]
+    lines = [f"{c} " + " ".join(f"{v:.6f}" for v in values) for c, *values in labels]
     (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
@@ -258,7 +315,13 @@ def _init_worker() -> None:
 
 
 def generate_vedai_synth(
-    root: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int = 256, seed: int = 0, workers: int = 2
+    root: str | Path,
+    n_train: int = 400,
+    n_val: int = 100,
+    imgsz: int = 256,
+    seed: int = 0,
+    workers: int = 2,
+    obb: bool = False,
 ) -> Path:
     """Write the dataset under root and return root.
 
@@ -273,6 +336,7 @@ def generate_vedai_synth(
         imgsz (int): Square image size in pixels; vehicle sizes (6-40 px at 256) scale with it.
         seed (int): Dataset seed.
         workers (int): Number of worker processes (<=1 runs in this process).
+        obb (bool): Write the oriented variant: aspects 1.5-4, rotated spacing, parking rows, 4-corner labels.
 
     Returns:
         (Path): The dataset root.
@@ -291,9 +355,10 @@ def generate_vedai_synth(
         for split, ids in (("train", range(n_train)), ("val", range(n_train, n_train + n_val))):
             for sub in ("images", "labels"):
                 (tmp / sub / split).mkdir(parents=True)
-            jobs += [(tmp, split, i, imgsz, seed) for i in ids]
-        LOGGER.info(f"Generating vedai-synth: {n_train} train + {n_val} val RGB/IR pairs at {imgsz}px, seed={seed}")
-        desc = f"vedai-synth {root}"
+            jobs += [(tmp, split, i, imgsz, seed, obb) for i in ids]
+        kind = "oriented vedai-synth" if obb else "vedai-synth"
+        LOGGER.info(f"Generating {kind}: {n_train} train + {n_val} val RGB/IR pairs at {imgsz}px, seed={seed}")
+        desc = f"{kind} {root}"
         if workers <= 1:
             for job in TQDM(jobs, desc=desc):
                 _write_sample(job)
@@ -307,5 +372,5 @@ def generate_vedai_synth(
         tmp.rename(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    LOGGER.info(f"vedai-synth written to {root}")
+    LOGGER.info(f"{kind} written to {root}")
     return root
