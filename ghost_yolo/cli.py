@@ -26,7 +26,7 @@ from ultralytics.cfg import TASKS, _handle_deprecation, merge_equals_args, parse
 from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
 
 from ghost_yolo.cfg import CFG_DIR, ghost_defaults
-from ghost_yolo.engine.predictor import GhostPredictor
+from ghost_yolo.engine.predictor import GhostOBBPredictor, GhostPredictor
 from ghost_yolo.utils.hints import ghost_hints
 
 MODES = {
@@ -51,7 +51,7 @@ TOOL_KEYS = {
 CLI_PREDICT = {"save": True}
 # Bare words `yolo` reads as True although their defaults are not booleans (missing or None), as in its entrypoint
 BARE_FLAGS = {"half", "int8", "end2end", "nms"}
-TASK = "detect"  # the only task of ghost-yolo models
+GHOST_TASKS = ("detect", "obb")  # the tasks of ghost-yolo models (axis-aligned and oriented boxes)
 
 HELP = f"""
 Usage: ghost MODE [key=value ...]
@@ -113,8 +113,8 @@ def parse_args(args: list[str], base: dict[str, Any], tasks: bool = True) -> dic
     """``key=value`` tokens and bare words to a typed dict, checked against ``base`` (as ``yolo`` reads them).
 
     A bare boolean key of ``base`` (``resume``, ``save_txt``, ``dynamic``, ghost's ``int4``) and ``yolo``'s bare flags
-    ``half``/``int8``/``end2end``/``nms`` mean ``key=True``; with ``tasks``, the task word ``detect`` sets
-    ``task=detect``. Deprecated Ultralytics keys (``half``, ``int8``, ...) are mapped as ``yolo`` maps them.
+    ``half``/``int8``/``end2end``/``nms`` mean ``key=True``; with ``tasks``, the task words ``detect``/``obb`` set
+    ``task=``. Deprecated Ultralytics keys (``half``, ``int8``, ...) are mapped as ``yolo`` maps them.
     """
     overrides = {}
     for a in merge_equals_args(args):
@@ -131,8 +131,9 @@ def parse_args(args: list[str], base: dict[str, Any], tasks: bool = True) -> dic
                 raise SyntaxError(f"{e} in '{a}'. Run 'ghost help' for usage.") from e
             overrides[k] = v
         elif tasks and a in TASKS:
-            if a != TASK:
-                raise SyntaxError(f"ghost-yolo models are detectors: task '{a}' is not available, only '{TASK}'")
+            if a not in GHOST_TASKS:
+                raise SyntaxError(f"ghost-yolo models are detectors: task '{a}' is not available, only "
+                                  f"{' or '.join(GHOST_TASKS)}")
             overrides["task"] = a
         elif isinstance(base.get(a), bool) or (tasks and a in BARE_FLAGS):
             overrides[a] = True
@@ -149,16 +150,27 @@ def parse_args(args: list[str], base: dict[str, Any], tasks: bool = True) -> dic
     return overrides
 
 
-class CLIPredictor(GhostPredictor):
-    """``GhostPredictor`` with the verbose model set-up (device, fused summary) that ``yolo predict`` prints.
+class VerboseSetup:
+    """Predictor mixin: the verbose model set-up (device, fused summary) that ``yolo predict`` prints.
 
-    ``Model.predict`` sets the model up with ``verbose=is_cli`` and offers no argument for it; passing this class as
-    ``predictor=`` keeps that default without touching ``sys.argv``.
+    ``Model.predict`` sets the model up with ``verbose=is_cli`` and offers no argument for it; passing a predictor
+    class with this mixin as ``predictor=`` keeps that default without touching ``sys.argv``.
     """
 
     def setup_model(self, model: Any, verbose: bool = True) -> None:
         """Set up the model verbosely, as under the ``yolo`` command."""
         super().setup_model(model, verbose=True)
+
+
+class CLIPredictor(VerboseSetup, GhostPredictor):
+    """``GhostPredictor`` as ``ghost predict`` runs it."""
+
+
+class CLIOBBPredictor(VerboseSetup, GhostOBBPredictor):
+    """``GhostOBBPredictor`` as ``ghost predict`` runs it."""
+
+
+CLI_PREDICTORS = {"detect": CLIPredictor, "obb": CLIOBBPredictor}
 
 
 def run(mode: str, overrides: dict[str, Any]) -> Any:
@@ -182,12 +194,16 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
         raise SyntaxError("'ghost predict' needs source=FOLDER (pairs by either convention), a_co.png, or two paths")
     source = overrides.pop("source", None) if mode == "predict" else None
     m = GhostYOLO(model or "ghost-n.yaml")
+    if overrides.get("task") not in (None, m.task):
+        raise ValueError(f"task={overrides['task']} does not fit {model or 'ghost-n.yaml'}, a {m.task} model: the task "
+                         "comes from the model (ghost-n-obb.yaml and its checkpoints are obb models)")
     if mode in TOOL_KEYS:
         kw = {k: overrides[k] for k in TOOL_KEYS[mode] if k in overrides}
         return m.search(**kw) if mode == "search" else m.quant_info(**kw)
     if mode == "predict":
         # yolo's CLI defaults (save=True, verbose set-up) and its predict_cli: stream, keeping no results in memory
-        for _ in m.predict(source=source, stream=True, predictor=CLIPredictor, **{**CLI_PREDICT, **overrides}):
+        predictor = CLI_PREDICTORS[m.task]
+        for _ in m.predict(source=source, stream=True, predictor=predictor, **{**CLI_PREDICT, **overrides}):
             pass
         return None
     return getattr(m, mode)(**overrides)

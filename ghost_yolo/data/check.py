@@ -112,6 +112,25 @@ def build_dataset(cfg: Any, img_path: str, batch: int, data: dict[str, Any], mod
     )
 
 
+def check_task_labels(dataset: Any, task: str) -> None:
+    """Say once what the labels mean for the task: oriented-box labels in a detect run train their enclosing boxes
+    (as Ultralytics does); detect labels in an OBB run (plain data; paired data skips such files when verified) give
+    the rotated loss nothing, named by file."""
+    labels = getattr(dataset, "labels", None) or []
+    prefix = getattr(dataset, "prefix", "")
+    if task == "detect":
+        if any(len(lb["segments"]) and all(len(s) == 4 for s in lb["segments"]) for lb in labels):
+            LOGGER.info(f"{prefix}labels are oriented boxes (4 corners): a detect model trains on their enclosing "
+                        "axis-aligned boxes (model=ghost-n-obb.yaml for oriented boxes)")
+    elif task == "obb":
+        flat = [lb["im_file"] for lb in labels if len(lb["cls"]) and not len(lb["segments"])]
+        for f in flat[:5]:
+            LOGGER.warning(f"{prefix}{f}: its labels are 'class x y w h' boxes, an OBB model needs 'class x1 y1 x2 y2 "
+                           "x3 y3 x4 y4' corners: this image trains as background")
+        if len(flat) > 5:
+            LOGGER.warning(f"{prefix}{len(flat) - 5} more images with detect labels train as background")
+
+
 def calibration_batches(data: str | Path, imgsz: int, n: int, modality: str | None = None, batch: int = 8):
     """The first ``n`` val pairs of ``data``, letterboxed to ``imgsz`` as at validation, as float CPU batches in [0, 1].
 

@@ -50,8 +50,16 @@ def check_read_hook() -> None:
                            "as pinned by ghost-yolo")
 
 
-def check_label_file(lb_file: str, nc: int, single_cls: bool = False) -> str:
-    """Return '' if a YOLO label file is well formed, else one message naming the file, line and problem."""
+OBB_FIELDS = "9 fields 'class x1 y1 x2 y2 x3 y3 x4 y4' (the four corners, normalized)"
+OBB_MARGIN = 0.1  # how far outside the image (fraction of its size) a normalized OBB corner may lie
+
+
+def check_label_file(lb_file: str, nc: int, single_cls: bool = False, task: str = "detect") -> str:
+    """Return '' if a YOLO label file is well formed for the task, else one message naming the file, line and problem.
+
+    detect: 5-field box rows (or polygon rows, trained on their enclosing boxes); obb: 9-field corner rows only (a
+    detect row would give the rotated loss nothing to learn), corners within ``OBB_MARGIN`` of the image.
+    """
     if not Path(lb_file).is_file():
         return ""
     with open(lb_file, encoding="utf-8-sig") as f:
@@ -59,6 +67,9 @@ def check_label_file(lb_file: str, nc: int, single_cls: bool = False) -> str:
             fields = line.split()
             if not fields:
                 continue
+            if task == "obb" and len(fields) != 9:
+                kind = " ('class x y w h': a detect label)" if len(fields) == 5 else ""
+                return f"{lb_file}:{n}: an OBB model needs {OBB_FIELDS}, got {len(fields)} fields{kind}"
             if len(fields) != 5 and not (len(fields) > 6 and len(fields) % 2 == 1):  # box row or polygon row
                 return f"{lb_file}:{n}: expected 5 fields 'class x y w h', got {len(fields)}"
             try:
@@ -68,6 +79,10 @@ def check_label_file(lb_file: str, nc: int, single_cls: bool = False) -> str:
             c = values[0]
             if c != int(c) or c < 0 or (c >= nc and not single_cls):
                 return f"{lb_file}:{n}: class id {fields[0]} is not in 0..{nc - 1} (nc={nc} from the data YAML names)"
+            if task == "obb" and not all(-OBB_MARGIN <= v <= 1 + OBB_MARGIN for v in values[1:]):
+                far = next(v for v in values[1:] if not -OBB_MARGIN <= v <= 1 + OBB_MARGIN)
+                return (f"{lb_file}:{n}: corner coordinate {far:g} lies far outside the image (corners are normalized "
+                        "to 0..1 by the image size: pixels given?)")
     return ""
 
 
@@ -90,7 +105,7 @@ def verify_pair(args: tuple) -> PairCheck:
     ``fill`` (``fill_missing=True`` on rgb+ir data) keeps an incomplete pair, noted by name: ``ir`` for a colour image
     whose IR partner is missing, ``rgb`` for an IR image without colour partner (then ``im_file`` is that IR image).
     """
-    im_file, ir_file, lb_file, prefix, nc, single_cls, need_ir, fill = args
+    im_file, ir_file, lb_file, prefix, nc, single_cls, need_ir, fill, task = args
     note = ""
     if fill == "rgb":
         need_ir, note = False, f"{prefix}WARNING ⚠️ {im_file}: IR image without colour partner, colour band filled"
@@ -107,7 +122,7 @@ def verify_pair(args: tuple) -> PairCheck:
                 iw, ih = ir.size
         except Exception as e:
             return skipped_pair(f"{prefix}{ir_file}: corrupt IR image ({e}), pair skipped")
-    if msg := check_label_file(lb_file, nc, single_cls):
+    if msg := check_label_file(lb_file, nc, single_cls, task):
         return skipped_pair(f"{prefix}{msg}, pair skipped")
     stock = verify_image_label((im_file, lb_file, prefix, False, nc, 0, 0, single_cls))
     found, lb, shape, segments, keypoints, n_missing, n_found, n_empty, n_corrupt, msg = stock
@@ -236,6 +251,7 @@ class PairedDataset(YOLODataset):
     def get_cache_hash(self) -> str:
         """Include IR partners, the pairing and ``fill_missing`` in the cache hash so a change rescans."""
         keys = [str(self.pairing), f"fill_missing={self.fill_missing}", super().get_cache_hash()]
+        keys += ["task=obb"] if self.use_obb else []  # OBB checks labels differently: its own verified cache
         return get_hash(self.ir_files + keys)  # the parent hashes images + labels
 
     def verify_args(self) -> tuple:
@@ -244,8 +260,13 @@ class PairedDataset(YOLODataset):
         fill = ["rgb" if self.is_orphan_ir(f) else "ir" if self.fill_missing else "" for f in self.im_files]
         return verify_pair, zip(
             self.im_files, self.ir_files, self.label_files, repeat(self.prefix), repeat(nc), repeat(self.single_cls),
-            repeat(True), fill,
+            repeat(True), fill, repeat(self.task),
         )
+
+    @property
+    def task(self) -> str:
+        """The task the labels are read for (Ultralytics' ``use_obb`` from ``task=obb``)."""
+        return "obb" if self.use_obb else "detect"
 
     def result_to_label(self, result: PairCheck) -> tuple[dict | None, int, int, int, int, str]:
         """Convert a pair verification into a label; the first IR-size mismatch becomes one warning per dataset."""

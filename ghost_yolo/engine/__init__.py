@@ -1,8 +1,9 @@
-"""Engine: the model API, trainer, validator and predictor (Ultralytics subclasses)."""
+"""Engine: the model API, trainers, validators and predictors of the detect and obb tasks (Ultralytics subclasses)."""
 
 from .model import GhostYOLO
-from .predictor import GhostPredictor
-from .trainer import GhostTrainer
-from .validator import GhostValidator
+from .predictor import GhostOBBPredictor, GhostPredictor
+from .trainer import GhostOBBTrainer, GhostTrainer
+from .validator import GhostOBBValidator, GhostValidator
 
-__all__ = ("GhostPredictor", "GhostTrainer", "GhostValidator", "GhostYOLO")
+__all__ = ("GhostOBBPredictor", "GhostOBBTrainer", "GhostOBBValidator", "GhostPredictor", "GhostTrainer",
+           "GhostValidator", "GhostYOLO")

@@ -19,11 +19,11 @@ from ultralytics.utils import LOGGER, colorstr
 
 from ghost_yolo.cfg import resolve_yaml, shipped_models, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels
-from ghost_yolo.models.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel, GhostOBBModel
 
-from .predictor import GhostPredictor
-from .trainer import GhostTrainer
-from .validator import GhostValidator
+from .predictor import GhostOBBPredictor, GhostPredictor
+from .trainer import GhostOBBTrainer, GhostTrainer
+from .validator import GhostOBBValidator, GhostValidator
 
 # What bare `ghost train` runs: the GHOST pipeline (float warm-up, HQ search, QAT; distillation as kd=auto decides) on
 # the built-in synthetic set, sized to finish in under 10 minutes on 2 CPU cores without native bf16 (README: Results).
@@ -82,11 +82,12 @@ class GhostYOLO(Model):
     Args:
         model (str | Path): Model YAML (path or shipped name such as ``ghost-n.yaml``), ``.pt`` checkpoint, ``.onnx``,
             ``.ghost`` or an ``_openvino_model/`` folder.
-        task (str): Only ``detect``.
+        task (str | None): ``detect`` or ``obb``; None (default): from the model, as Ultralytics does (an ``OBB`` head
+            in the YAML or checkpoint means ``obb``).
         verbose (bool): Print the model summary when building from a YAML.
     """
 
-    def __init__(self, model: str | Path = "ghost-n.yaml", task: str = "detect", verbose: bool = False) -> None:
+    def __init__(self, model: str | Path = "ghost-n.yaml", task: str | None = None, verbose: bool = False) -> None:
         """Resolve shipped YAML names, then initialise like ``YOLO``."""
         model = str(model)
         if Path(model).suffix in {".yaml", ".yml"} or not Path(model).suffix:
@@ -116,21 +117,27 @@ class GhostYOLO(Model):
 
         self.model = load_packed(weights)
         self.ckpt = None
-        self.task = "detect"
+        self.task = self.model.task
         self.overrides = self.model.args = self._reset_ckpt_args(self.model.args)
         self.overrides.update(model=str(weights), task=self.task)
         self.ckpt_path = self.model_name = str(weights)
 
     @property
     def task_map(self) -> dict[str, dict[str, Any]]:
-        """Ghost classes for the detect task."""
+        """Ghost classes of the detect and obb tasks."""
         return {
             "detect": {
                 "model": GhostDetectionModel,
                 "trainer": GhostTrainer,
                 "validator": GhostValidator,
                 "predictor": GhostPredictor,
-            }
+            },
+            "obb": {
+                "model": GhostOBBModel,
+                "trainer": GhostOBBTrainer,
+                "validator": GhostOBBValidator,
+                "predictor": GhostOBBPredictor,
+            },
         }
 
     @property
@@ -285,7 +292,7 @@ class GhostYOLO(Model):
 
         from ultralytics.cfg import get_save_dir
 
-        d = get_save_dir(SimpleNamespace(project=project, name=name or mode, exist_ok=exist_ok, task="detect",
+        d = get_save_dir(SimpleNamespace(project=project, name=name or mode, exist_ok=exist_ok, task=self.task or "detect",
                                          mode=mode))
         d.mkdir(parents=True, exist_ok=True)
         return d

@@ -1,4 +1,5 @@
-"""GhostPredictor: Ultralytics' DetectionPredictor fed with image pairs, saving colour | IR annotated images."""
+"""GhostPredictor / GhostOBBPredictor: Ultralytics' DetectionPredictor / OBBPredictor fed with image pairs, saving
+colour | IR annotated images."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 import cv2
 import torch
 from ultralytics.models.yolo.detect import DetectionPredictor
-from ultralytics.utils import DEFAULT_CFG, ops
+from ultralytics.models.yolo.obb import OBBPredictor
+from ultralytics.utils import DEFAULT_CFG
 
 from ghost_yolo.cfg import ghost_defaults, split_ghost_args
 from ghost_yolo.data.io import modality_for_channels, split_modalities
@@ -62,9 +64,19 @@ class GhostPredictor(DetectionPredictor):
         return [blank_band(x.copy(), band) for x in im] if band else im
 
     def construct_result(self, pred: torch.Tensor, img: torch.Tensor, orig_img, img_path: str) -> PairedResults:
-        """Results on the colour image (IR-only models: the IR band), keeping the IR band for side-by-side plots."""
-        pred[:, :4] = ops.scale_boxes(img.shape[2:], pred[:, :4], orig_img.shape)
+        """Results on the colour image (IR-only models: the IR band), keeping the IR band for side-by-side plots.
+
+        The boxes are Ultralytics' own result's (scaled to the image; ``obb`` for an OBB model), moved onto the
+        colour image.
+        """
+        stock = super().construct_result(pred, img, orig_img, img_path)
+        found = {"obb": stock.obb.data} if stock.obb is not None else {"boxes": stock.boxes.data}
         bgr, ir = split_modalities(orig_img, self.modality) if orig_img.ndim == 3 else (orig_img, None)
         if bgr is None:  # ir-only model: draw on the IR band itself
             bgr, ir = cv2.cvtColor(ir, cv2.COLOR_GRAY2BGR), None
-        return PairedResults(bgr, path=img_path, names=self.model.names, boxes=pred[:, :6], ir_img=ir)
+        return PairedResults(bgr, path=img_path, names=self.model.names, ir_img=ir, **found)
+
+
+class GhostOBBPredictor(GhostPredictor, OBBPredictor):
+    """Oriented-box predictor on pairs: rotated NMS (``task=obb``, set by ``OBBPredictor``), ``Results.obb``, rotated
+    boxes drawn on colour and IR side by side, polygons in ``save_txt``."""

@@ -1,4 +1,5 @@
-"""GhostTrainer: Ultralytics' DetectionTrainer with paired data, ghost models and both-modality plots.
+"""GhostTrainer / GhostOBBTrainer: Ultralytics' DetectionTrainer / OBBTrainer with paired data, ghost models and
+both-modality plots.
 
 Only hooks are overridden; the training loop, EMA, checkpoints, resume and DDP are Ultralytics' own. Later stages
 (quantization, self-distillation) extend the model and the loss through the same hooks.
@@ -12,13 +13,14 @@ from typing import Any
 import torch
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr, emojis
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ghost_yolo.cfg import ghost_defaults
-from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
+from ghost_yolo.data.check import apply_modality, build_dataset, check_task_labels, resolve_data
 from ghost_yolo.distill import DistillRecipe
-from ghost_yolo.models.model import GhostDetectionModel
+from ghost_yolo.models.model import GhostDetectionModel, GhostOBBModel
 from ghost_yolo.quant import FakeQuantizer, QuantRecipe, QuantState, quant_state
 from ghost_yolo.utils.allocator import reuse_freed_memory
 from ghost_yolo.utils.plotting import plot_paired_images
@@ -27,7 +29,7 @@ from ghost_yolo.utils.threads import training_threads
 from .phases import PHASE_CALLBACKS, start_quantized_phase
 from .setup import setup_qat
 from .summary import quant_report, summary_dict, summary_text, validate_float_self
-from .validator import GhostValidator
+from .validator import GhostOBBValidator, GhostValidator
 
 
 class GhostTrainer(DetectionTrainer):
@@ -36,6 +38,9 @@ class GhostTrainer(DetectionTrainer):
     Accepts ghost keys (``modality``, ``ir_jitter``, pairing names) next to Ultralytics' own, also when rebuilt by a DDP
     worker from ``DEFAULT_CFG_DICT`` and the pickled args.
     """
+
+    model_class: type[GhostDetectionModel] = GhostDetectionModel  # what get_model builds (the task's model)
+    validator_class: type[GhostValidator] = GhostValidator  # what get_validator returns
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Merge ghost defaults under the given cfg so ghost keys pass Ultralytics' key check."""
@@ -62,11 +67,14 @@ class GhostTrainer(DetectionTrainer):
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         """Paired dataset (or Ultralytics' own for plain data) with the model's stride."""
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
-        return build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
+        dataset = build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
+        if mode == "train":
+            check_task_labels(dataset, self.args.task)
+        return dataset
 
     def get_model(self, cfg: str | dict | None = None, weights: Any = None, verbose: bool = True) -> GhostDetectionModel:
         """Ghost detection model with input channels that follow the data's modality, set up by the run's recipes."""
-        model = GhostDetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
+        model = self.model_class(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
         self.quant_recipe, self.distill_recipe = self.build_recipes(model, trained=bool(weights))
         setup_qat(model, None if self.args.resume else self.quant_recipe, self.distill_recipe, device=self.device,
@@ -133,7 +141,8 @@ class GhostTrainer(DetectionTrainer):
 
     def get_validator(self) -> GhostValidator:
         """Paired validator sharing this trainer's args (ghost keys included)."""
-        return GhostValidator(self.test_loader, save_dir=self.save_dir, args=vars(self.args).copy(), _callbacks=self.callbacks)
+        return self.validator_class(self.test_loader, save_dir=self.save_dir, args=vars(self.args).copy(),
+                                    _callbacks=self.callbacks)
 
     def plot_training_samples(self, batch: dict[str, Any], ni: int) -> None:
         """Training mosaics with colour and IR side by side."""
@@ -159,3 +168,11 @@ class GhostTrainer(DetectionTrainer):
     def summary(self) -> str:
         """The plain-text run summary printed at the end (``engine.summary.summary_text``)."""
         return summary_text(self)
+
+
+class GhostOBBTrainer(GhostTrainer, OBBTrainer):
+    """Oriented-box trainer: everything of ``GhostTrainer`` on ``task=obb`` (set by ``OBBTrainer``), building
+    ``GhostOBBModel`` (Ultralytics' rotated loss) and validating with ``GhostOBBValidator``."""
+
+    model_class = GhostOBBModel
+    validator_class = GhostOBBValidator

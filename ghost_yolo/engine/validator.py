@@ -1,4 +1,5 @@
-"""GhostValidator: Ultralytics' DetectionValidator on paired data, with both-modality plots."""
+"""GhostValidator / GhostOBBValidator: Ultralytics' DetectionValidator / OBBValidator on paired data, with
+both-modality plots."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import torch
 from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.models.yolo.obb import OBBValidator
 from ultralytics.utils import ops
 
 from ghost_yolo.cfg import ghost_defaults, split_ghost_args
@@ -33,8 +35,10 @@ class GhostValidator(DetectionValidator):
 
     @property
     def modality(self) -> str:
-        """Modality of the data being validated."""
-        return self.data.get("modality", "rgb")
+        """Modality of the data being validated (the loader's paired dataset says it when the data dict does not: a
+        trainer's final validation reuses its loader with a freshly checked data dict)."""
+        dataset = getattr(self.dataloader, "dataset", None)
+        return self.data.get("modality") or getattr(dataset, "modality", None) or "rgb"
 
     def plot_val_samples(self, batch: dict[str, Any], ni: int) -> None:
         """Ground truth on colour and IR side by side."""
@@ -50,6 +54,12 @@ class GhostValidator(DetectionValidator):
             pred["batch_idx"] = torch.ones_like(pred["conf"]) * i
         max_det = max_det or self.args.max_det
         batched = {k: torch.cat([x[k][:max_det] for x in preds], dim=0) for k in preds[0].keys()}
-        batched["bboxes"] = ops.xyxy2xywh(batched["bboxes"])
+        if batched["bboxes"].shape[-1] == 4:  # detect: xyxy -> xywh; obb boxes are xywhr already
+            batched["bboxes"] = ops.xyxy2xywh(batched["bboxes"])
         plot_paired_images(batched, batch["img"], self.modality, paths=batch["im_file"],
                            fname=self.save_dir / f"val_batch{ni}_pred.jpg", names=self.names, on_plot=self.on_plot)
+
+
+class GhostOBBValidator(GhostValidator, OBBValidator):
+    """Oriented-box validator on paired data: Ultralytics' rotated matching and metrics (``OBBValidator``), plots of
+    colour and IR side by side."""

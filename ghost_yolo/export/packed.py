@@ -140,11 +140,11 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
 
 def load_packed(path: str | Path) -> nn.Module:
     """Rebuild the fused inference model stored in a ``.ghost`` file (equal outputs to the model that was packed)."""
-    from ghost_yolo.models.model import GhostDetectionModel
+    from ghost_yolo.models.model import build_model, model_task
 
     header, payload = read_header(path)
     yaml = header["yaml"]
-    model = GhostDetectionModel(yaml, ch=yaml.get("channels"), nc=yaml.get("nc"), verbose=False)
+    model = build_model(yaml, ch=yaml.get("channels"), nc=yaml.get("nc"), verbose=False)  # detect or obb, from the head
     model.eval()
     model.fuse(verbose=False)
     layers = active_qconvs(model)
@@ -173,6 +173,6 @@ def load_packed(path: str | Path) -> nn.Module:
     for conv in layers.values():
         conv.weight.requires_grad_(False)
     model.names = {int(k): v for k, v in header["names"].items()}
-    model.args = {**header["args"], "task": "detect"}
-    model.task = "detect"
+    model.task = model_task(yaml)
+    model.args = {**header["args"], "task": model.task}
     return model
