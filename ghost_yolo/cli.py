@@ -37,9 +37,15 @@ MODES = {
               "(OpenVINO IR, int8 convolutions), format=ghost (packed); other Ultralytics formats for float models",
     "search": "HQ bit-width search on a trained model (no training): per-layer table, bits.yaml and bits.png",
     "info": "per-layer params, MACs, bits and BOPs, size MB and GBOPs (the GHOST paper's counting); layers.csv",
-    "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024]",
+    "convert-vedai": "convert the official VEDAI distribution: source=DIR save_dir=DIR [size=512|1024] [obb=True]",
+    "convert-dronevehicle": "convert the official DroneVehicle distribution to OBB pairs: source=DIR save_dir=DIR "
+                            "[labels=ir|rgb|union]",
 }
-CONVERT_KEYS = {"source": None, "save_dir": "datasets/vedai", "size": None, "copy_images": True, "exist_ok": False}
+CONVERT_KEYS = {"source": None, "save_dir": "datasets/vedai", "size": None, "obb": False, "copy_images": True,
+                "exist_ok": False}
+DRONEVEHICLE_KEYS = {"source": None, "save_dir": "datasets/dronevehicle", "labels": "ir", "border": 100,
+                     "copy_images": True, "exist_ok": False}
+CONVERT_MODES = {"convert-vedai": CONVERT_KEYS, "convert-dronevehicle": DRONEVEHICLE_KEYS}  # their own keys only
 NEEDS_MODEL = {"val", "predict", "export", "search"}
 # Keys each analysis mode uses (every other key is accepted, as in Ultralytics, but has no effect there)
 TOOL_KEYS = {
@@ -57,7 +63,7 @@ HELP = f"""
 Usage: ghost MODE [key=value ...]
 
 Modes:
-{chr(10).join(f"  {m:<14} {d}" for m, d in MODES.items())}
+{chr(10).join(f"  {m:<20} {d}" for m, d in MODES.items())}
 
 Examples:
   ghost train                                     # demo: ghost-n on vedai-synth, a few minutes on a CPU
@@ -76,6 +82,7 @@ Examples:
   ghost search model=best.pt hq_threshold=0.1                         # widths only: table, bits.yaml, bits.png
   ghost info model=best.pt imgsz=512                                  # size MB and GBOPs per layer
   ghost convert-vedai source=path/to/VEDAI save_dir=datasets/vedai
+  ghost convert-dronevehicle source=path/to/DroneVehicle save_dir=datasets/dronevehicle   # OBB, IR labels
   ghost train data=datasets/vedai/vedai-fold01.yaml folds=1-10 imgsz=512   # VEDAI k-fold: folds.csv, mean ± std
 
 Keys: every Ultralytics key (run 'yolo cfg' to list them) plus ghost's own; 'ghost MODE help' shows ghost's.
@@ -88,9 +95,9 @@ data {", ".join(sorted(p.name for p in (CFG_DIR / "datasets").glob("*.yaml")))}.
 
 def mode_help(mode: str) -> str:
     """Help of one mode: what it does, and ghost's keys with their documentation (cfg/default.yaml)."""
-    if mode == "convert-vedai":
-        keys = "\n".join(f"  {k}={v}" for k, v in CONVERT_KEYS.items())
-        return f"\nghost convert-vedai: {MODES[mode]}\n\nKeys:\n{keys}\n"
+    if mode in CONVERT_MODES:
+        keys = "\n".join(f"  {k}={v}" for k, v in CONVERT_MODES[mode].items())
+        return f"\nghost {mode}: {MODES[mode]}\n\nKeys:\n{keys}\n"
     doc = (CFG_DIR / "default.yaml").read_text(encoding="utf-8")
     return f"\nghost {mode}: {MODES[mode]}\n\nghost keys (cfg/default.yaml), plus every Ultralytics key ('yolo cfg'):\n\n{doc}"
 
@@ -182,7 +189,16 @@ def run(mode: str, overrides: dict[str, Any]) -> Any:
             raise SyntaxError("convert-vedai needs source=path/to/VEDAI (the folder holding Vehicules512/ or 1024/)")
         args = {**CONVERT_KEYS, **overrides}
         return convert_vedai(args["source"], args["save_dir"], size=args["size"], copy_images=args["copy_images"],
-                             exist_ok=args["exist_ok"])
+                             exist_ok=args["exist_ok"], obb=args["obb"])
+    if mode == "convert-dronevehicle":
+        from ghost_yolo.data.dronevehicle import convert_dronevehicle
+
+        if not overrides.get("source"):
+            raise SyntaxError("convert-dronevehicle needs source=path/to/DroneVehicle (the folder holding train/, "
+                              "val/, test/)")
+        args = {**DRONEVEHICLE_KEYS, **overrides}
+        return convert_dronevehicle(args["source"], args["save_dir"], labels=args["labels"], border=args["border"],
+                                    copy_images=args["copy_images"], exist_ok=args["exist_ok"])
 
     from ghost_yolo import GhostYOLO
 
@@ -231,10 +247,10 @@ def entrypoint(debug: str = "") -> int:
     if "help" in rest:
         LOGGER.info(mode_help(mode))
         return 0
-    base = CONVERT_KEYS if mode == "convert-vedai" else {**DEFAULT_CFG_DICT, **ghost_defaults()}
+    base = CONVERT_MODES.get(mode) or {**DEFAULT_CFG_DICT, **ghost_defaults()}
     with ghost_hints():  # Ultralytics' 'yolo <mode> ...' hints, errors included, print as 'ghost <mode> ...'
         try:
-            overrides = parse_args(rest, base, tasks=mode != "convert-vedai")
+            overrides = parse_args(rest, base, tasks=mode not in CONVERT_MODES)
             run(mode, overrides)
         except (SyntaxError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError,
                 AssertionError, ModuleNotFoundError) as e:  # ModuleNotFoundError: an optional runtime, how to install

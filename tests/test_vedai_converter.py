@@ -216,3 +216,49 @@ def test_errors(vedai_src, tmp_path):
     with pytest.raises(FileNotFoundError, match="Vehicules512"):
         convert_vedai(vedai_src, out)
     assert not out.exists()
+
+
+def _obb(path):
+    """Read an OBB label file as a list of (cls, 4 x 2 corners)."""
+    out = []
+    for line in path.read_text().splitlines():
+        v = line.split()
+        assert len(v) == 9, line
+        out.append((int(v[0]), np.array(v[1:], dtype=float).reshape(4, 2)))
+    return out
+
+
+def test_parse_obb_corners(vedai_src):
+    """obb=True: the four annotated corners in annotation order, normalized; a box across the edge is cut at it."""
+    rows, problems = parse_vedai_annotation(vedai_src / "Annotations512" / "00000000.txt", 64, 64, obb=True)
+    assert problems == [] and [r[0] for r in rows] == [0, 1]
+    assert rows[0][1:] == pytest.approx((25 / 64, 15 / 64, 36 / 64, 17 / 64, 35 / 64, 25 / 64, 26 / 64, 23 / 64))
+    cut = sorted(zip(rows[1][1::2], rows[1][2::2]))  # pickup x 54..66 -> 54..64, in some corner order
+    assert cut == pytest.approx(sorted([(54 / 64, 36 / 64), (1, 36 / 64), (1, 44 / 64), (54 / 64, 44 / 64)]))
+
+
+def test_convert_obb(vedai_src, tmp_path, log):
+    """convert_vedai(obb=True) and 'ghost convert-vedai obb=True': corner labels, the same folds and YAMLs as boxes."""
+    from ghost_yolo.cli import entrypoint
+
+    out = tmp_path / "obb"
+    assert convert_vedai(vedai_src, out, obb=True) == [out / "vedai-fold01.yaml", out / "vedai-fold02.yaml"]
+    assert (out / "labels" / "00000000.txt").read_text().splitlines()[0] == (
+        "0 0.390625 0.234375 0.562500 0.265625 0.546875 0.390625 0.406250 0.359375"
+    )
+    l2 = _obb(out / "labels" / "00000002.txt")  # 64x48 image: y normalized by 48
+    assert [c for c, _ in l2] == [4, 5, 6, 7]
+    assert np.allclose(l2[0][1], [[12 / 64, 8 / 48], [20 / 64, 8 / 48], [20 / 64, 16 / 48], [12 / 64, 16 / 48]])
+    assert (out / "labels" / "00000003.txt").read_text() == ""
+    boxes = tmp_path / "boxes"
+    convert_vedai(vedai_src, boxes)
+    for name in ("vedai-fold01-train.txt", "vedai-fold02-test.txt"):
+        assert (out / name).read_text().replace(str(out), "") == (boxes / name).read_text().replace(str(boxes), "")
+    a, b = (yaml.safe_load((d / "vedai-fold01.yaml").read_text()) for d in (out, boxes))
+    assert {**a, "path": ""} == {**b, "path": ""}
+    assert "oriented boxes" in (out / "vedai-fold01.yaml").read_text()  # the header says which
+    assert "converted 4/4 RGB+IR pairs" in log.text and "(OBB)" in log.text
+
+    cli = tmp_path / "cli"
+    assert entrypoint(f"convert-vedai source={vedai_src} save_dir={cli} obb=True") == 0
+    assert (cli / "labels" / "00000000.txt").read_text() == (out / "labels" / "00000000.txt").read_text()

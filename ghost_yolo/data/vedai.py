@@ -4,6 +4,8 @@
 The official archive ships ``Vehicules512``/``Vehicules1024`` image folders, per-image ``AnnotationsXXX/<id>.txt`` files
 with rotated boxes and ten cross-validation folds (``foldNN.txt`` train ids, ``foldNNtest.txt`` test ids). This module
 writes a self-contained YOLO dataset: images, horizontal-box labels, per-fold image lists and one data YAML per fold.
+With ``obb=True`` the labels are the four annotated corners instead (``class x1 y1 ... x4 y4``, Ultralytics' OBB
+format), clipped to the image as ``corners.clip_corners`` does.
 
 Examples:
     >>> from ghost_yolo.data.vedai import convert_vedai
@@ -18,8 +20,11 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from ultralytics.utils import LOGGER, TQDM, YAML
+
+from .corners import clip_corners
 
 __all__ = ("RAW_TO_ID", "VEDAI_NAMES", "convert_vedai", "parse_vedai_annotation")
 
@@ -61,17 +66,18 @@ FOLD_RE = re.compile(r"^fold(\d+)(test)?\.txt$", re.IGNORECASE)
 
 
 def _parse_lines(
-    path: Path, img_w: int, img_h: int
-) -> tuple[list[tuple[int, float, float, float, float]], Counter, list[str]]:
+    path: Path, img_w: int, img_h: int, obb: bool = False
+) -> tuple[list[tuple[int, float, ...]], Counter, list[str]]:
     """Parse one VEDAI annotation file, also counting dropped raw classes so the converter can report them.
 
     Args:
         path (Path): Per-image VEDAI annotation file.
         img_w (int): Image width in pixels, used for normalisation and clipping.
         img_h (int): Image height in pixels.
+        obb (bool): Return the four corners ``(cls, x1, y1, ..., x4, y4)`` instead of the horizontal box.
 
     Returns:
-        rows (list[tuple]): Kept objects as ``(cls, xc, yc, w, h)`` normalised to [0, 1].
+        rows (list[tuple]): Kept objects as ``(cls, xc, yc, w, h)`` (or the corners) normalised to [0, 1].
         dropped (Counter): Number of well-formed objects skipped per raw class code.
         problems (list[str]): ``"<path>:<lineno>: <reason>"`` for every malformed line.
     """
@@ -102,9 +108,16 @@ def _parse_lines(
             dropped[raw] += 1
             continue
 
-        # Horizontal box: annotated centre, size = extent of the 4 rotated corners, then clipped to the image
         xc, yc = values[0], values[1]
         xs, ys = values[6:10], values[10:14]
+        if obb:  # the annotated corners, cut to the part inside the image
+            corners = clip_corners(np.array([xs, ys], dtype=np.float32).T, img_w, img_h)
+            if corners is None:
+                problems.append(f"{where}: empty box after clipping to the {img_w}x{img_h} image")
+                continue
+            rows.append((RAW_TO_ID[raw], *(corners.astype(np.float64) / [img_w, img_h]).ravel().tolist()))
+            continue
+        # Horizontal box: annotated centre, size = extent of the 4 rotated corners, then clipped to the image
         bw, bh = max(xs) - min(xs), max(ys) - min(ys)
         x1, x2 = max(xc - bw / 2, 0.0), min(xc + bw / 2, float(img_w))
         y1, y2 = max(yc - bh / 2, 0.0), min(yc + bh / 2, float(img_h))
@@ -127,27 +140,29 @@ def _is_float(s: str) -> bool:
 
 
 def parse_vedai_annotation(
-    path: Path, img_w: int, img_h: int
-) -> tuple[list[tuple[int, float, float, float, float]], list[str]]:
+    path: Path, img_w: int, img_h: int, obb: bool = False
+) -> tuple[list[tuple[int, float, ...]], list[str]]:
     """Convert one per-image VEDAI annotation file to YOLO rows, so a single bad line never aborts a whole dataset.
 
     Each line holds 14 fields ``x_center y_center orientation class is_contained is_occluded x1 x2 x3 x4 y1 y2 y3 y4``
     in pixels. The horizontal box keeps the annotated centre and takes the extent (max - min) of the four rotated
     corners as width/height; it is clipped to the image and normalised. Classes outside ``RAW_TO_ID`` are dropped.
+    With ``obb`` the rows are the corners themselves, ``(cls, x1, y1, x2, y2, x3, y3, x4, y4)`` in annotation order.
 
     Args:
         path (Path): Per-image annotation file, e.g. ``Annotations512/00000000.txt``.
         img_w (int): Image width in pixels.
         img_h (int): Image height in pixels.
+        obb (bool): Return oriented boxes (four corners) instead of horizontal boxes.
 
     Returns:
-        rows (list[tuple[int, float, float, float, float]]): ``(cls, xc, yc, w, h)`` normalised to [0, 1].
+        rows (list[tuple[int, float, ...]]): ``(cls, xc, yc, w, h)`` or ``(cls, x1, ..., y4)`` normalised to [0, 1].
         problems (list[str]): ``f"{path}:{lineno}: <what is wrong>"`` for each malformed (skipped) line.
 
     Examples:
         >>> rows, problems = parse_vedai_annotation(Path("Annotations512/00000000.txt"), 512, 512)
     """
-    rows, _, problems = _parse_lines(Path(path), img_w, img_h)
+    rows, _, problems = _parse_lines(Path(path), img_w, img_h, obb)
     return rows, problems
 
 
@@ -223,6 +238,7 @@ def convert_vedai(
     size: int | None = None,
     copy_images: bool = True,
     exist_ok: bool = False,
+    obb: bool = False,
 ) -> list[Path]:
     """Convert the official VEDAI distribution to a paired RGB+IR YOLO dataset with one data YAML per fold.
 
@@ -235,6 +251,7 @@ def convert_vedai(
         size (int | None): Resolution to convert, 512 or 1024. None picks 512 if present, else 1024.
         copy_images (bool): Copy images if True, otherwise create absolute symlinks to the source images.
         exist_ok (bool): Allow writing into a ``save_dir`` that already contains a ``labels/`` folder.
+        obb (bool): Write oriented boxes (the four annotated corners, for OBB models) instead of horizontal boxes.
 
     Returns:
         (list[Path]): Written data YAML paths, one per fold found, sorted by fold number.
@@ -298,7 +315,8 @@ def convert_vedai(
     (save_dir / "images").mkdir(parents=True, exist_ok=True)
     (save_dir / "labels").mkdir(parents=True, exist_ok=True)
     kept, dropped, problems, converted = Counter(), Counter(), [], {}
-    for i, (co, ir) in TQDM(pairs.items(), desc=f"Converting VEDAI {size}", total=len(pairs)):
+    kind = "OBB" if obb else "boxes"
+    for i, (co, ir) in TQDM(pairs.items(), desc=f"Converting VEDAI {size} ({kind})", total=len(pairs)):
         try:
             with Image.open(co) as im:
                 w, h = im.size
@@ -307,7 +325,7 @@ def convert_vedai(
             continue
         ann = ann_dir / f"{i}.txt"
         if ann.is_file():
-            rows, drop, probs = _parse_lines(ann, w, h)
+            rows, drop, probs = _parse_lines(ann, w, h, obb)
         else:
             LOGGER.warning(f"{ann}: annotation file missing, writing an empty label for '{co.name}'")
             rows, drop, probs = [], Counter(), []
@@ -320,7 +338,7 @@ def convert_vedai(
         co_dst, ir_dst = save_dir / "images" / co.name, save_dir / "images" / ir.name
         _place(co, co_dst, copy_images)
         _place(ir, ir_dst, copy_images)
-        lines = "".join(f"{c} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for c, x, y, bw, bh in rows)
+        lines = "".join(f"{c} " + " ".join(f"{v:.6f}" for v in row) + "\n" for c, *row in rows)
         (save_dir / "labels" / f"{i}.txt").write_text(lines, encoding="utf-8")
         converted[i] = co_dst
 
@@ -354,7 +372,8 @@ def convert_vedai(
             "names": dict(VEDAI_NAMES),
         }
         file = save_dir / f"vedai-{name}.yaml"
-        YAML.save(file, data, header=f"# VEDAI {size} {name}, converted from {source}\n")
+        YAML.save(file, data, header=f"# VEDAI {size} {name} ({'oriented boxes' if obb else 'boxes'}), converted from "
+                  f"{source}\n")
         yamls.append(file)
     if not yamls:
         raise FileNotFoundError(
@@ -362,7 +381,7 @@ def convert_vedai(
         )
 
     # Summary ---------------------------------------------------------------------------------------------------------
-    LOGGER.info(f"VEDAI {size}: converted {len(converted)}/{len(pairs)} RGB+IR pairs to '{save_dir}'")
+    LOGGER.info(f"VEDAI {size}: converted {len(converted)}/{len(pairs)} RGB+IR pairs to '{save_dir}' ({kind})")
     LOGGER.info("objects kept per class: " + ", ".join(f"{VEDAI_NAMES[c]}={kept[c]}" for c in VEDAI_NAMES))
     LOGGER.info(
         "objects dropped by raw class: "
