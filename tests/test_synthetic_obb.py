@@ -23,7 +23,8 @@ SZ = 128
 
 def _digest(root: Path) -> dict[str, str]:
     """Map every file under root (relative path) to the sha256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    files = (p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def _corners(labels: list[tuple]) -> list[np.ndarray]:
@@ -93,8 +94,8 @@ def test_corners_form_rectangles_of_the_drawn_aspect(drawn):
 
 
 def test_drawn_pixels_lie_inside_their_polygon(drawn):
-    """Every IR pixel a vehicle changes lies inside its labelled polygon, up to the one pixel OpenCV's rasteriser adds at
-    edges; the vehicle fills its polygon; and drawn pixels centre on the labels (labels read pixel i as [i, i + 1],
+    """Every IR pixel a vehicle changes lies inside its labelled polygon, up to the one pixel OpenCV's rasteriser adds
+    at edges; the vehicle fills its polygon; and drawn pixels centre on the labels (labels read pixel i as [i, i + 1],
     OpenCV draws it around i: without the half-pixel shift this offset would be 0.5)."""
     offsets = []
     for labels, record in drawn:
