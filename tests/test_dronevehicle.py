@@ -2,7 +2,8 @@
 
 train: 00001 (day: misspelled names, a bndbox-only object, one in the border, one across it, an unknown class, one
 without geometry; colour labels hold the same car plus a van the IR set lacks), 00002 (night: no colour objects),
-00003 (unreadable IR XML), 00004 (no IR image). val: one pair (ids restart per split). test: no IR folder.
+00003 (unreadable IR XML), 00004 (no IR image). val: one JPEG pair (ids restart per split) with an
+axis-aligned and a rotated object. test: no IR folder.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def source(tmp_path):
     root = tmp_path / "DroneVehicle"
     write_split(root, "train", {"00001": (IR_1, RGB_1, True), "00002": (IR_2, RGB_2, True),
                                 "00003": ("<annotation><object>", RGB_2, True), "00004": (IR_2, RGB_2, False)})
-    write_split(root, "val", {"00001": (xml(obj("van", poly(*CAR))), xml(), True)}, ext=".jpg")
+    val = xml(obj("van", poly(*CAR)), obj("*", poly(*ROTATED)))
+    write_split(root, "val", {"00001": (val, xml(), True)}, ext=".jpg")
     write_split(root, "test", {"00001": (IR_2, RGB_2, True)}, ir=False)
     return root
 
@@ -125,7 +127,7 @@ def test_ir_labels_crop_and_counts(source, tmp_path, log):
     assert same_corners(r[2][1], expect(400, 400, 460, 400, 460, 430, 400, 430))  # bndbox corners
     assert np.allclose(r[3][1], expect(*ROTATED), atol=1e-6)
     assert rows(lab / "00002.txt")[0][0] == 2  # 'Bus'
-    assert rows(out / "labels" / "val" / "00001.txt")[0][0] == 3
+    assert [c for c, _ in rows(out / "labels" / "val" / "00001.txt")] == [3, 4]
 
     # Images: both bands cropped to the inside of the frame, named as suffix pairs
     for i, band, seed in (("00001", "co", 1), ("00001", "ir", 101), ("00002", "ir", 102)):
@@ -154,8 +156,21 @@ def test_ir_labels_crop_and_counts(source, tmp_path, log):
     assert f"{source / 'test'}: no 'testimgr' (ir) folder (the infrared half of the pairs)" in text
     assert ("train: 2 pairs, 5 objects (car=1, truck=1, bus=1, van=0, freight_car=2), 1 cut to nothing by the crop, "
             "1 unknown class, 1 without geometry, 2 images skipped") in text
-    assert "val: 1 pairs, 1 objects" in text
+    assert "val: 1 pairs, 2 objects" in text
     assert "*->freight_car x1" in text and "feright_car->freight_car x1" in text and "truvk->truck x1" in text
+
+
+def test_read_back_as_obb(source, tmp_path):
+    """ghost's paired dataset reads the output with task=obb: both bands stacked, each box as Ultralytics' xywhr."""
+    from conftest import build
+
+    ds = build(convert_dronevehicle(source, tmp_path / "out"), "val", task="obb", imgsz=640, rect=False)
+    item = ds[0]  # val 00001, letterboxed from 640x512 to 640x640: 64 px of padding above
+    assert tuple(item["img"].shape) == (4, 640, 640) and item["cls"].ravel().tolist() == [3, 4]
+    van, star = item["bboxes"].numpy()
+    assert np.allclose(van[:4], [120 / 640, (60 + 64) / 640, 40 / 640, 20 / 640], atol=1e-4) and abs(van[4]) < 1e-4
+    # '*': centre (215, 220) after the crop, sides sqrt(40² + 20²) and sqrt(10² + 20²) px, along atan2(20, 40)
+    assert np.allclose(star, [215 / 640, 284 / 640, 2000**0.5 / 640, 500**0.5 / 640, np.arctan2(20, 40)], atol=1e-4)
 
 
 def test_rgb_and_union_labels(source, tmp_path, log):
