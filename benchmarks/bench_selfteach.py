@@ -118,16 +118,18 @@ def evaluate(weights: Path, data: Path, as_float: bool = False) -> dict:
             "bits": round(bits, 3)}
 
 
-def converged_float(work: Path, small: Path, full: Path) -> tuple[Path, dict]:
-    """The float ghost-n trained until mAP50 on 200 val pairs stops rising (cached): its best.pt and its record."""
-    run = work / "fp" / "converged"
-    rec_file = work / "fp" / "converged.json"
+def converged_float(work: Path, small: Path, full: Path, model: str = SETTINGS["model"], **kw) -> tuple[Path, dict]:
+    """The float ``model`` (ghost-n) trained until mAP50 on 200 val pairs stops rising (cached per model YAML; ``kw``:
+    further training keys): its best.pt and its record."""
+    name = "converged" if model == SETTINGS["model"] else f"converged-{Path(model).stem}"
+    run = work / "fp" / name
+    rec_file = work / "fp" / f"{name}.json"
     if rec_file.exists():
         return run / "weights" / "best.pt", json.loads(rec_file.read_text())
     t0 = time.time()
     val200 = full.with_name("data-val200.yaml")  # stopping is judged on 200 val pairs (every epoch), the record on all
-    train(SETTINGS["model"], val200, work / "fp", "converged", bits=32, kd="none", seed=0,
-          epochs=SETTINGS["fp_max_epochs"], patience=SETTINGS["fp_patience"], val=True, close_mosaic=5)
+    train(model, val200, work / "fp", name, bits=32, kd="none", seed=0,
+          epochs=SETTINGS["fp_max_epochs"], patience=SETTINGS["fp_patience"], val=True, close_mosaic=5, **kw)
     rows = (run / "results.csv").read_text().strip().splitlines()
     ev = evaluate(run / "weights" / "best.pt", full)
     rec = {"epochs_run": len(rows) - 1, "best_epoch": None, **ev, "minutes": round((time.time() - t0) / 60, 1)}
