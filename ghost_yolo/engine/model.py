@@ -30,6 +30,8 @@ from .validator import GhostOBBValidator, GhostValidator
 # fp_epochs only applies with the demo's own epochs (with epochs=N it is the default, N // 2).
 DEMO_ARGS = {"data": "vedai-synth.yaml", "imgsz": 256, "epochs": 12, "fp_epochs": 8, "batch": 16, "warmup_epochs": 1,
              "close_mosaic": 3}
+# An OBB model's demo (`ghost train model=ghost-n-obb.yaml`): the same recipe on the oriented synthetic set
+DEMO_DATA = {"detect": "vedai-synth.yaml", "obb": "vedai-synth-obb.yaml"}
 
 
 def finished_epochs(run: Path) -> int | None:
@@ -157,7 +159,8 @@ class GhostYOLO(Model):
         return None
 
     def train(self, trainer: Any = None, **kwargs: Any):
-        """Train; with no ``data`` (and no resume) this is the demo run on vedai-synth (see ``DEMO_ARGS``)."""
+        """Train; with no ``data`` (and no resume) this is the demo run on vedai-synth, or vedai-synth-obb for an OBB
+        model (see ``DEMO_ARGS``, ``DEMO_DATA``)."""
         if str(self.ckpt_path or "").endswith(".ghost"):
             raise ValueError(f"{self.ckpt_path} is a packed inference model (BatchNorm folded, weights frozen on their "
                              "grids): val, predict and export it, and train from the .pt checkpoint it came from")
@@ -179,10 +182,11 @@ class GhostYOLO(Model):
             if data and isinstance(self.model, nn.Module) and getattr(self, "ckpt", None):
                 kwargs["data"] = data  # fine-tuning a checkpoint: keep its data
             else:
-                defaults = {k: v for k, v in DEMO_ARGS.items() if k not in kwargs
+                demo = {**DEMO_ARGS, "data": DEMO_DATA.get(self.task, DEMO_ARGS["data"])}
+                defaults = {k: v for k, v in demo.items() if k not in kwargs
                             and not (k == "fp_epochs" and "epochs" in kwargs)}
-                LOGGER.info(f"{colorstr('ghost:')} no data given, training the demo on vedai-synth with {defaults}. "
-                            "Pass data=your.yaml for your own data.")
+                LOGGER.info(f"{colorstr('ghost:')} no data given, training the demo on {Path(demo['data']).stem} with "
+                            f"{defaults}. Pass data=your.yaml for your own data.")
                 kwargs = {**defaults, **kwargs}
         return super().train(trainer=trainer, **kwargs)
 

@@ -3,16 +3,21 @@ both-modality plots."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.obb import OBBValidator
-from ultralytics.utils import ops
+from ultralytics.utils import LOGGER, ops
 
 from ghost_yolo.cfg import ghost_defaults, split_ghost_args
 from ghost_yolo.data.check import apply_modality, build_dataset, resolve_data
+from ghost_yolo.utils.metrics import voc07_map50
 from ghost_yolo.utils.plotting import plot_paired_images
+
+VOC07_KEY = "metrics/mAP50-VOC07(B)"  # the VOC07 11-point mAP50 column of an OBB run's results.csv
 
 
 class GhostValidator(DetectionValidator):
@@ -62,4 +67,26 @@ class GhostValidator(DetectionValidator):
 
 class GhostOBBValidator(GhostValidator, OBBValidator):
     """Oriented-box validator on paired data: Ultralytics' rotated matching and metrics (``OBBValidator``), plots of
-    colour and IR side by side."""
+    colour and IR side by side, and the VOC07 11-point mAP50 that MMRotate-based OBB papers quote beside Ultralytics'
+    mAP50 (printed, in ``results.csv`` as ``metrics/mAP50-VOC07(B)``, on the returned metrics as ``voc07_map50``, and
+    with ``ghost val`` in ``metrics.json``)."""
+
+    def get_stats(self) -> dict[str, Any]:
+        """Ultralytics' statistics plus the VOC07 figure, computed from the same matches before they are cleared."""
+        voc07 = voc07_map50(self.metrics.stats)
+        stats = super().get_stats()
+        self.metrics.voc07_map50 = voc07
+        stats[VOC07_KEY] = voc07
+        return stats
+
+    def print_results(self) -> None:
+        """Ultralytics' table, then both mAP50 figures by name (saved to ``metrics.json`` outside training)."""
+        super().print_results()
+        voc07, map50 = getattr(self.metrics, "voc07_map50", None), float(self.metrics.box.map50)
+        if voc07 is None:
+            return
+        LOGGER.info(f"{'':>22}mAP50 {map50:.3f} (Ultralytics)   mAP50 {voc07:.3f} (VOC07 11-point, as "
+                    "MMRotate's eval_rbbox_map)")
+        if not self.training and self.save_dir:
+            figures = {"mAP50": map50, "mAP50-95": float(self.metrics.box.map), "mAP50_voc07_11point": voc07}
+            Path(self.save_dir, "metrics.json").write_text(json.dumps(figures, indent=2))

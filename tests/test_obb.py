@@ -1,0 +1,205 @@
+"""The OBB task: models and their task, label checks, paired oriented augmentation, and the whole pipeline (float,
+HQ + QAT with self-distillation, integer ONNX and .ghost parity, predict) on the easy oriented set."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import EASY_RECIPE, IMGSZ, MAP50_FLOOR, QMAP50_FLOOR, build, make_easy_obb_set, read_csv, write_label
+
+from ghost_yolo import GhostYOLO
+from ghost_yolo.data.check import check_task_labels
+from ghost_yolo.data.dataset import check_label_file
+from ghost_yolo.models import GhostDetectionModel, GhostOBBModel, build_model, model_task
+from ghost_yolo.quant.apply import policy_layers, uniform_bits
+
+OBB_YAMLS = ("ghost-n-obb.yaml", "ghost-s-obb.yaml", "ghost-n-dual-obb.yaml", "ghost-n-relu-obb.yaml")
+ANGLE_CONVS = [f"model.23.cv4.{i}.2" for i in range(3)]  # the angle branch's last conv at P3, P4, P5
+
+
+@pytest.fixture(scope="module")
+def easy_obb_yaml(tmp_path_factory) -> Path:
+    """The easy oriented set (64 train / 16 val pairs at 64 px)."""
+    return make_easy_obb_set(tmp_path_factory.mktemp("data") / "easy-obb")
+
+
+@pytest.fixture(scope="module")
+def obb_trained(easy_obb_yaml, tmp_path_factory) -> Path:
+    """ghost-n-obb trained in float on the easy oriented set (20 epochs, EASY_RECIPE); the run directory."""
+    project = tmp_path_factory.mktemp("obbruns")
+    GhostYOLO("ghost-n-obb.yaml").train(data=str(easy_obb_yaml), bits=32, epochs=20, project=str(project), name="f",
+                                        exist_ok=True, plots=False, val=False, **EASY_RECIPE)
+    return project / "f"
+
+
+@pytest.fixture(scope="module")
+def obb_qtrained(obb_trained, easy_obb_yaml) -> Path:
+    """From that float model: HQ search, one quantized epoch distilled (cls+dfl) from the co-trained float self."""
+    project = obb_trained.parent
+    GhostYOLO(obb_trained / "weights" / "best.pt").train(
+        data=str(easy_obb_yaml), epochs=1, bits="hq", hq_threshold=0.05, kd="cls+dfl", float_self="cotrain",
+        project=str(project), name="q", exist_ok=True, plots=True, **{**EASY_RECIPE, "lr0": 0.001})
+    return project / "q"
+
+
+# Models ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("yaml", OBB_YAMLS)
+def test_obb_yaml_builds_obb_model_with_angle_branch(yaml):
+    """Every shipped -obb YAML is an obb model (task from its head), predicts boxes + classes + one angle per anchor,
+    and keep_head keeps the angle branch's last convs at 8 bit like the box and class ones."""
+    model = build_model(yaml, ch=4, nc=3, verbose=False)
+    assert type(model) is GhostOBBModel and model_task(yaml) == "obb"
+    assert GhostYOLO(yaml).task == "obb"
+    out = model.eval()(torch.rand(1, 4, IMGSZ, IMGSZ))[0]
+    assert out.shape[:2] == (1, 4 + 3 + 1)  # xywh, 3 class scores, angle
+    _, head = policy_layers(model)
+    assert set(ANGLE_CONVS) <= set(head) and len(head) == 9  # box, class and angle branch at each of 3 levels
+    from ghost_yolo.quant import quantize_model
+
+    bits = uniform_bits(quantize_model(model, bits=4), 4, keep_first=True, keep_head=True)
+    assert {bits[n] for n in ANGLE_CONVS} == {8} and bits["model.22.m.0.m.0.cv1.conv"] == 4
+
+
+def test_detect_yaml_is_detect():
+    """Detect YAMLs stay detect models."""
+    assert type(build_model("ghost-n.yaml", ch=4, nc=3, verbose=False)) is GhostDetectionModel
+    assert GhostYOLO("ghost-n.yaml").task == "detect"
+
+
+# Labels ---------------------------------------------------------------------------------------------------------------
+def test_obb_label_file_checks(tmp_path):
+    """OBB label rows: 9 fields, corners near the image; each problem one message naming the file and line."""
+    ok = write_label(tmp_path / "ok.txt", "0 0.1 0.1 0.4 0.1 0.4 0.3 0.1 0.3\n1 -0.02 0.5 0.2 0.5 0.2 0.6 -0.02 0.6\n")
+    assert check_label_file(str(ok), 2, task="obb") == ""
+    box = write_label(tmp_path / "box.txt", "0 0.3 0.3 0.2 0.2\n")
+    msg = check_label_file(str(box), 2, task="obb")
+    assert msg.startswith(f"{box}:1:") and "got 5 fields" in msg and "detect label" in msg
+    assert check_label_file(str(box), 2, task="detect") == ""  # a detect model reads it
+    seven = write_label(tmp_path / "seven.txt", "0 0.1 0.1 0.4 0.1 0.4 0.3\n")
+    assert "got 7 fields" in check_label_file(str(seven), 2, task="obb")
+    pixels = write_label(tmp_path / "px.txt", "0 0.1 0.1 0.4 0.1 0.4 0.3 0.1 0.3\n1 10 10 40 10 40 30 10 30\n")
+    msg = check_label_file(str(pixels), 2, task="obb")
+    assert msg.startswith(f"{pixels}:2:") and "far outside the image" in msg and "10" in msg
+    assert "nc=2" in check_label_file(str(write_label(tmp_path / "c.txt", "5 0 0 1 0 1 1 0 1\n")), 2, task="obb")
+
+
+def test_detect_labels_in_obb_dataset_skipped_by_name(easy_obb_yaml, tmp_path, log):
+    """A pair whose labels are detect boxes is skipped from an OBB dataset, named once; the other pairs stay."""
+    import shutil
+
+    root = tmp_path / "mixed"
+    shutil.copytree(easy_obb_yaml.parent, root)
+    bad = root / "labels" / "val" / "0003.txt"
+    bad.write_text("0 0.5 0.5 0.2 0.2\n")
+    yaml = root / "easy-obb.yaml"
+    yaml.write_text(yaml.read_text().replace(str(easy_obb_yaml.parent), str(root)))
+    ds = build(yaml, mode="val", task="obb")
+    assert len(ds.labels) == 15 and not any(lb["im_file"].endswith("0003_co.png") for lb in ds.labels)
+    assert any(str(bad) in r.message and "got 5 fields" in r.message for r in log.records)
+    assert len(build(yaml, mode="val", task="detect").labels) == 16  # a detect model keeps it
+
+
+def test_detect_model_on_obb_labels_says_once(easy_obb_yaml, log):
+    """A detect run on corner labels trains their enclosing boxes and says so (once)."""
+    ds = build(easy_obb_yaml, mode="train", task="detect")
+    check_task_labels(ds, "detect")
+    said = [r for r in log.records if "enclosing" in r.message]
+    assert len(said) == 1 and "ghost-n-obb.yaml" in said[0].message
+    assert ds[0]["bboxes"].shape[-1] == 4
+
+
+def corners(xywhr: np.ndarray, w: int, h: int, shrink: float = 0.6) -> np.ndarray:
+    """Pixel corners of a normalized xywhr box, shrunk about its centre (pixels well inside the object)."""
+    x, y, bw, bh, r = xywhr
+    return cv2.boxPoints(((x * w, y * h), (bw * w * shrink, bh * h * shrink), math.degrees(r)))
+
+
+def test_obb_augmentation_moves_labels_with_both_bands(easy_obb_yaml):
+    """Mosaic, rotation, scale and both flips move the corners with the colour and the IR band alike: inside every
+    rotated label both bands show the object (bright), not the dark background (20-60)."""
+    hyp = dict(mosaic=1.0, degrees=90.0, scale=0.3, translate=0.1, fliplr=0.5, flipud=0.5, hsv_h=0.0, hsv_s=0.0,
+               hsv_v=0.0)
+    ds = build(easy_obb_yaml, mode="train", task="obb", **hyp)
+    checked = 0
+    for i in range(8):
+        np.random.seed(i)
+        s = ds[i]
+        img = s["img"].numpy().transpose(1, 2, 0)  # H x W x (R, G, B, IR)
+        h, w = img.shape[:2]
+        assert s["bboxes"].shape[-1] == 5
+        for box in s["bboxes"].numpy():
+            if box[2] * w < 8 or box[3] * h < 8:  # cut at the mosaic's edge: too little left to sample
+                continue
+            mask = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(mask, [np.round(corners(box, w, h)).astype(np.int32)], 1)
+            inside = mask.astype(bool)
+            if inside.sum() < 4:
+                continue
+            assert img[..., 3][inside].mean() > 120, f"sample {i}: IR band dark inside {box}"
+            assert img[..., :3].max(-1)[inside].mean() > 150, f"sample {i}: colour dark inside {box}"
+            checked += 1
+    assert checked >= 10
+
+
+# The pipeline ---------------------------------------------------------------------------------------------------------
+def test_obb_float_and_quantized_learn(obb_trained, obb_qtrained):
+    """The float OBB model learns the oriented set; HQ + QAT with cls+dfl distillation from its co-trained float self
+    keeps it; the angle branch stays at 8 bit; the distillation terms are logged."""
+    fp = read_csv(obb_trained / "results.csv")[-1]
+    assert float(fp["metrics/mAP50(B)"]) >= MAP50_FLOOR
+    q = read_csv(obb_qtrained / "results.csv")[-1]
+    assert float(q["metrics/mAP50(B)"]) >= QMAP50_FLOOR
+    assert 0 < float(q["metrics/mAP50-VOC07(B)"]) <= 1  # the MMRotate-style figure, named, every epoch
+    assert float(q["train/angle_loss"]) > 0 and float(q["train/kd_cls"]) > 0 and float(q["train/kd_dfl"]) > 0
+    from ultralytics.utils import YAML
+
+    bits = YAML.load(obb_qtrained / "bits.yaml")["bits"]
+    assert all(bits[n] == 8 for n in ANGLE_CONVS)
+    assert (obb_qtrained / "val_batch0_pred.jpg").exists()
+    im = cv2.imread(str(obb_qtrained / "val_batch0_pred.jpg"))
+    assert im.shape[1] > 1.5 * im.shape[0]  # colour | IR side by side
+
+
+def test_obb_integer_onnx_packed_and_predict(obb_qtrained, easy_obb_yaml, tmp_path):
+    """The quantized OBB model exports to integer QDQ ONNX and .ghost; both score as PyTorch on the same inputs;
+    predict gives Results.obb and writes polygon label lines."""
+    best = obb_qtrained / "weights" / "best.pt"
+    kw = dict(data=str(easy_obb_yaml), imgsz=IMGSZ, batch=1, plots=False, rect=False, project=str(tmp_path))
+    pt = GhostYOLO(best).val(name="pt", **kw)
+    import json
+
+    saved = json.loads((tmp_path / "pt" / "metrics.json").read_text())
+    assert saved["mAP50"] == pytest.approx(pt.box.map50) and saved["mAP50_voc07_11point"] == pt.voc07_map50 > 0
+    onnx = GhostYOLO(best).export(format="onnx", imgsz=IMGSZ, data=str(easy_obb_yaml))
+    import onnx as onnx_lib
+
+    graph = onnx_lib.load(onnx)
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.graph.node) > 0
+    ox = GhostYOLO(onnx).val(name="onnx", **kw)
+    assert pt.box.map50 > 0 and abs(pt.box.map50 - ox.box.map50) <= 0.003 and abs(pt.box.map - ox.box.map) <= 0.003
+    packed = GhostYOLO(best).export(format="ghost")
+    gm = GhostYOLO(packed)
+    assert gm.task == "obb"
+    pk = gm.val(name="packed", **kw)
+    assert abs(pk.box.map50 - pt.box.map50) <= 0.003
+    res = GhostYOLO(best).predict(str(easy_obb_yaml.parent / "images" / "val"), imgsz=IMGSZ, save=True,
+                                  save_txt=True, project=str(tmp_path), name="pred", exist_ok=True)
+    assert res[0].obb is not None and res[0].boxes is None and res[0].obb.xywhr.shape[-1] == 5
+    assert sum(len(r.obb) for r in res) > 0
+    lines = [ln.split() for f in (tmp_path / "pred" / "labels").glob("*.txt") for ln in f.read_text().splitlines()]
+    assert lines and all(len(p) == 9 for p in lines)  # class + 4 corners
+    plotted = res[0].plot()
+    assert plotted.shape[1] == 2 * res[0].orig_img.shape[1]  # rotated boxes on colour | IR
+
+
+def test_cli_task_must_fit_model(tmp_path, log):
+    """task=obb with a detect model is refused in one line."""
+    from ghost_yolo.cli import entrypoint
+
+    assert entrypoint("info model=ghost-n.yaml task=obb") == 2
+    assert any("task=obb does not fit" in r.message for r in log.records)
