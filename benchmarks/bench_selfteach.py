@@ -75,16 +75,18 @@ def arm_keys(arm: str, teacher: Path | None) -> dict:
 
 # Data and the converged float model ----------------------------------------------------------------------------------
 def make_data(work: Path) -> tuple[Path, Path]:
-    """vedai-synth at the benchmark's size: (data YAML with the full val split, data YAML with a 32-pair val list)."""
+    """vedai-synth (vedai-synth-obb where SETTINGS has ``obb``) at the benchmark's size: (data YAML with the full val
+    split, data YAML with a 32-pair val list)."""
     from ultralytics.utils import YAML
 
     from ghost_yolo.data.synthetic import VEDAI_NAMES
 
     s = SETTINGS
-    root = work / f"vedai-synth-{s['imgsz']}-{s['n_train']}-{s['n_val']}"
+    obb = s.get("obb", False)
+    root = work / f"vedai-synth{'-obb' * obb}-{s['imgsz']}-{s['n_train']}-{s['n_val']}"
     full, small = root / "data.yaml", root / "data-small-val.yaml"
     if not small.exists():
-        vedai_synth(root, s["n_train"], s["n_val"], s["imgsz"], seed=s["data_seed"])
+        vedai_synth(root, s["n_train"], s["n_val"], s["imgsz"], seed=s["data_seed"], obb=obb)
         val = sorted((root / "images" / "val").glob("*_co.png"))
         (root / "val32.txt").write_text("\n".join(str(p) for p in val[:32]) + "\n")
         (root / "val200.txt").write_text("\n".join(str(p) for p in val[-200:]) + "\n")
@@ -106,7 +108,8 @@ def train(model: str | Path, data: Path, project: Path, name: str, **kw) -> Path
 
 
 def evaluate(weights: Path, data: Path, as_float: bool = False) -> dict:
-    """mAP50 / mAP50-95 (percent) of ``weights`` on the full val split, plus average bits."""
+    """mAP50 / mAP50-95 (percent) of ``weights`` on the full val split, plus average bits (and the VOC07 11-point mAP50
+    where the validator gives one: OBB)."""
     from ghost_yolo import GhostYOLO
     from ghost_yolo.quant import QuantState, average_bits, quant_state
 
@@ -114,8 +117,11 @@ def evaluate(weights: Path, data: Path, as_float: bool = False) -> dict:
     bits = average_bits(m.model) if quant_state(m.model) is QuantState.ACTIVE and not as_float else 32.0
     met = m.val(data=str(data), imgsz=SETTINGS["imgsz"], batch=32, workers=2, plots=False, verbose=False,
                 as_float=as_float)
-    return {"map50": round(100 * float(met.box.map50), 2), "map": round(100 * float(met.box.map), 2),
-            "bits": round(bits, 3)}
+    out = {"map50": round(100 * float(met.box.map50), 2), "map": round(100 * float(met.box.map), 2),
+           "bits": round(bits, 3)}
+    if m.task == "obb" and getattr(met, "voc07_map50", None) is not None:
+        out["voc07"] = round(100 * float(met.voc07_map50), 2)
+    return out
 
 
 def converged_float(work: Path, small: Path, full: Path, model: str = SETTINGS["model"], **kw) -> tuple[Path, dict]:

@@ -287,13 +287,15 @@ def write_md(path: Path, lines: Sequence[str]) -> None:
 
 
 # The vedai-synth recipe and the benchmarks' fixed training settings --------------------------------------------------
-def vedai_synth(data: Path, n_train: int, n_val: int, imgsz: int, seed: int = 0, workers: int = 2) -> Path:
-    """Generate vedai-synth pairs in ``data`` and write its data YAML (rgb+ir, suffix pairing); returns the YAML."""
+def vedai_synth(data: Path, n_train: int, n_val: int, imgsz: int, seed: int = 0, workers: int = 2,
+                obb: bool = False) -> Path:
+    """Generate vedai-synth pairs in ``data`` (``obb``: the oriented vedai-synth-obb) and write its data YAML (rgb+ir,
+    suffix pairing); returns the YAML."""
     from ultralytics.utils import YAML
 
     from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
 
-    generate_vedai_synth(data, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed, workers=workers)
+    generate_vedai_synth(data, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed, workers=workers, obb=obb)
     YAML.save(data / "data.yaml", {"path": str(data), "train": "images/train", "val": "images/val",
                                    "pairing": "suffix", "names": VEDAI_NAMES})
     return data / "data.yaml"
