@@ -20,11 +20,11 @@ from ultralytics.utils.torch_utils import initialize_weights
 
 from ghost_yolo.cfg import resolve_yaml, shipped_models
 
-from ghost_yolo.nn.fusion import DualStreamStem
+from ghost_yolo.nn.fusion import BandConv, DualStreamStem
 from .pretrained import seed_first_layer
 
-# Blocks a YAML may name that Ultralytics does not know: name -> (class, stand-in used while parsing).
-GHOST_MODULES: dict[str, type[nn.Module]] = {"DualStreamStem": DualStreamStem}
+# Blocks a YAML may name that Ultralytics does not know: name -> class (parsed as a Conv stand-in, see below).
+GHOST_MODULES: dict[str, type[nn.Module]] = {"DualStreamStem": DualStreamStem, "BandConv": BandConv}
 ACTIVATIONS = {"silu": "nn.SiLU()", "relu": "nn.ReLU()", "relu6": "nn.ReLU6()", "leakyrelu": "nn.LeakyReLU(0.1)",
                "hardswish": "nn.Hardswish()"}
 
@@ -81,7 +81,12 @@ class GhostDetectionModel(DetectionModel):
             Conv.default_act = default_act
         for i, (name, args) in swaps.items():
             stand_in = self.model[i]
-            block = GHOST_MODULES[name](stand_in.conv.in_channels, stand_in.conv.out_channels, *args[1:])
+            try:
+                block = GHOST_MODULES[name](stand_in.conv.in_channels, stand_in.conv.out_channels, *args[1:])
+            except ValueError as e:  # e.g. a fusion block on single-modality data: name the YAML
+                raise ValueError(f"{Path(yaml.get('yaml_file', 'model YAML')).name} layer {i}: {e}") from None
+            if isinstance(block, Conv):
+                block.act = stand_in.act  # the YAML's act: (Ultralytics sets it only while parsing)
             block.i, block.f, block.type = stand_in.i, stand_in.f, f"ghost_yolo.nn.{name}"
             block.np = sum(p.numel() for p in block.parameters())
             self.model[i] = block

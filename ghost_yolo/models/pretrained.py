@@ -19,6 +19,14 @@ are the pretrained stem's output channels in the pretrained order, which the nex
 streams' attention masks start uniform (``x * 1.5``, the stem filters divided by 1.5) and the SE gate at 0.5 (the next
 conv's filters doubled when it is pretrained), so the seeded stem and the next layer reproduce the pretrained ones on a
 grey input.
+
+A mid-fusion model (branches starting with a ``BandConv``) is seeded layer by layer (``seed_branches``): each branch
+from the pretrained backbone's first layers (its first conv mixed to the branch's bands as above, so the IR branch's
+first filters are the sum of the colour ones; a thinner branch takes the leading channels of every tensor, a start
+point rather than the pretrained response), and the layers after the branches from the pretrained ones that follow its
+backbone, in order. The fusion convs read the branches' concatenation, colour first: they get the pretrained filters
+for the colour channels and zero for the IR ones, so the seeded model computes exactly what the pretrained model does
+on the colour bands, and training lets the IR branch in.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ghost_yolo.nn.fusion import DualStreamStem
+from ghost_yolo.nn.fusion import BandConv, DualStreamStem
 
-__all__ = ("BANDS", "band_mixing", "describe_mixing", "seed_first_layer")
+__all__ = ("BANDS", "band_mixing", "describe_mixing", "mid_branches", "seed_branches", "seed_first_layer")
 
 BANDS: dict[int, tuple[str, ...]] = {4: ("R", "G", "B", "IR"), 3: ("R", "G", "B"), 1: ("IR",)}  # ghost's channel order
 ATTENTION_GAIN = 1.5  # ModalityAttention with a zero mask: x + x * sigmoid(0)
@@ -110,6 +118,8 @@ def seed_first_layer(model: nn.Module, source: nn.Module) -> tuple[str, str] | N
         None when Ultralytics' copy already did the job (same bands and shapes) or there is no first conv to read;
         else ``(level, message)``, level ``"info"`` (what was seeded and how) or ``"warning"`` (could not seed).
     """
+    if mid_branches(model):
+        return seed_branches(model, source)
     src = _first_conv(getattr(source, "model", [None])[0])
     dst = model.model[0]
     if src is None:
@@ -164,3 +174,113 @@ def seed_first_layer(model: nn.Module, source: nn.Module) -> tuple[str, str] | N
     src_name = f"{w.shape[1]}-channel {','.join(src_bands)}"
     return ("info", f"seeded the {target} ({','.join(BANDS[4] if dual else branch_bands[0])}) from the pretrained "
             f"{src_name} first conv: {'; '.join(words)}; a grey input keeps the pretrained response")
+
+
+def mid_branches(model: nn.Module) -> list[list[int]]:
+    """Layer indices of each branch of a mid-fusion model: a ``BandConv`` and the layers that follow it in sequence
+    (``from -1``); empty for other models."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential):
+        return []
+    branches = []
+    for i, m in enumerate(layers):
+        if isinstance(m, BandConv):
+            branches.append([i])
+        elif branches and branches[-1][-1] == i - 1 and m.f == -1:
+            branches[-1].append(i)
+    return branches
+
+
+def _ends(branches: list[list[int]]) -> set[int]:
+    return {b[-1] for b in branches}
+
+
+@torch.no_grad()
+def _transfer(dst: nn.Module, src: nn.Module, mode: str) -> tuple[int, int]:
+    """Copy ``src``'s tensors into ``dst`` by name: equal shapes as they are; ``slice`` (a thinner branch): the leading
+    channels of every dimension; ``pad`` (after the fusion): a conv with more input channels gets the pretrained filters
+    on its leading inputs and zero on the rest. Returns (tensors transferred, tensors of ``dst``)."""
+    src_sd, done = src.state_dict(), 0
+    dst_sd = dst.state_dict()
+    for k, t in dst_sd.items():
+        v = src_sd.get(k)
+        if v is None or v.ndim != t.ndim:
+            continue
+        if not t.is_floating_point():  # integer buffers (num_batches_tracked) as they are
+            if v.shape == t.shape:
+                t.copy_(v)
+                done += 1
+            continue
+        v = v.to(t)
+        if v.shape == t.shape:
+            t.copy_(v)
+        elif mode == "slice" and all(a <= b for a, b in zip(t.shape, v.shape)):
+            t.copy_(v[tuple(slice(0, n) for n in t.shape)])
+        elif (mode == "pad" and t.ndim == 4 and t.shape[0] == v.shape[0] and t.shape[2:] == v.shape[2:]
+              and t.shape[1] > v.shape[1]):
+            t.zero_()
+            t[:, : v.shape[1]] = v
+        else:
+            continue
+        done += 1
+    for m in dst.modules():
+        if hasattr(m, "sync_float"):  # a switchable BatchNorm's float set follows its quantized one
+            m.sync_float()
+    return done, len(dst_sd)
+
+
+def seed_branches(model: nn.Module, source: nn.Module) -> tuple[str, str] | None:
+    """Seed a mid-fusion model (in place) from a single-backbone pretrained model (RGB weights, or any ghost
+    early-fusion model): each branch from the source's first layers, the layers after the branches from its next ones.
+
+    Returns None when the source is itself a mid-fusion model (Ultralytics' copy did the job) or has no first conv;
+    else ``(level, message)`` as ``seed_first_layer``.
+    """
+    layers, src_layers = model.model, getattr(source, "model", None)
+    if not isinstance(src_layers, nn.Sequential) or mid_branches(source) or _first_conv(src_layers[0]) is None:
+        return None
+    w = _first_conv(src_layers[0])[0].weight.detach().float()
+    src_bands = BANDS.get(w.shape[1])
+    branches = mid_branches(model)
+    depth = max(len(b) for b in branches)  # the longest branch is the pretrained backbone; the others stop earlier
+    if src_bands is None or len(src_layers) <= depth:
+        return ("warning", f"pretrained model ({w.shape[1]}-channel first conv, {len(src_layers)} layers) cannot seed "
+                "this mid-fusion model's branches; the layers that match by name still transfer")
+    kinds = [type(m).__name__ for m in src_layers[:depth]]
+    words, kept = [], []
+    for b in branches:
+        mods = [layers[i] for i in b]
+        if [type(m).__name__ for m in mods[1:]] != kinds[1 : len(b)]:
+            return ("warning", f"pretrained backbone ({', '.join(kinds)}) does not match the branch of layers "
+                    f"{b[0]}-{b[-1]}: the mid-fusion branches keep their initialisation")
+        first, src_first = mods[0], src_layers[0]
+        thin = first.conv.out_channels < w.shape[0]
+        bands = BANDS[4][first.band_slice]
+        with torch.no_grad():
+            m = band_mixing(src_bands, bands).to(w)
+            first.conv.weight.copy_(torch.einsum("oshw,st->othw", w[: first.conv.out_channels], m))
+            _load_bn(first.bn, src_first.bn, slice(0, first.conv.out_channels))
+        for dst, src in zip(mods[1:], src_layers[1 : len(b)]):
+            _transfer(dst, src, "slice")
+        words.append(f"{first.bands} branch (layers {b[0]}-{b[-1]}) <- layers 0-{len(b) - 1}"
+                     f"{', width-sliced' if thin else ''} (first conv: {describe_mixing(m, src_bands, bands)})")
+    post = [m for m in layers[max(_ends(branches)) + 1 :] if sum(p.numel() for p in m.parameters())]
+    src_post = [m for m in src_layers[depth:] if sum(p.numel() for p in m.parameters())]
+    n_done = 0
+    for dst, src in zip(post, src_post):
+        if type(dst) is not type(src):
+            kept.append(f"layer {dst.i} ({type(dst).__name__}, pretrained {type(src).__name__})")
+            break
+        done, total = _transfer(dst, src, "pad")
+        n_done += done == total
+        if done < total:
+            kept.append(f"layer {dst.i} ({done} of {total} tensors)")
+    src_name = f"{w.shape[1]}-channel {','.join(src_bands)}"
+    msg = (f"seeded the mid-fusion model from the pretrained {src_name} model: {'; '.join(words)}; "
+           f"{n_done} of {len(post)} layers after the branches <- layers {depth}+ (fusion inputs from IR start at "
+           "zero)")
+    if kept:
+        msg += f"; kept their initialisation where shapes differ: {', '.join(kept)}"
+    same = ("on its colour bands the seeded model answers as the pretrained one" if src_bands == BANDS[3] else
+            "on a grey input the seeded model answers as the pretrained one")
+    return ("info", f"{msg}; {same}")

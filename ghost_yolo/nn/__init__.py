@@ -1,7 +1,7 @@
 """Neural network layers: modality fusion blocks, fake quantizers, the quantized conv and switchable BatchNorm (the
 models built from them live in ``ghost_yolo.models``)."""
 
-from .fusion import DualStreamStem, ModalityAttention, SqueezeExcite
+from .fusion import BandConv, DualStreamStem, ModalityAttention, SqueezeExcite
 from .qconv import QConv2d
 from .quantizers import (
            QUANTIZERS,
@@ -14,6 +14,7 @@ from .quantizers import (
 
 __all__ = (
            "QUANTIZERS",
+           "BandConv",
            "DoReFaAct",
            "DoReFaWeight",
            "DualStreamStem",

@@ -1,4 +1,5 @@
-"""Modality fusion blocks: a dual-stream stem with an MF-style (SuperYOLO) fusion of colour and infrared.
+"""Modality fusion blocks: a dual-stream stem with an MF-style (SuperYOLO) fusion of colour and infrared, and the band
+selecting first conv of a mid-fusion branch.
 
 Modules take ``(c1, c2, ...)`` like Ultralytics' blocks and are composed from model YAMLs. Their convolutions are
 Ultralytics ``Conv`` (conv + BN + act) wherever BN is used, so ``fuse()`` folds them and later quantization swaps them.
@@ -10,7 +11,11 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
 
-__all__ = ("DualStreamStem", "ModalityAttention", "SqueezeExcite")
+__all__ = ("BAND_SLICES", "BandConv", "DualStreamStem", "ModalityAttention", "SqueezeExcite")
+
+# Where each band group sits in ghost's stacked rgb+ir input (channel order R, G, B, IR)
+BAND_SLICES: dict[str, slice] = {"rgb": slice(0, 3), "ir": slice(3, 4)}
+RGB_IR_CHANNELS = 4
 
 
 class ModalityAttention(nn.Module):
@@ -75,3 +80,40 @@ class DualStreamStem(nn.Module):
         """Run the two streams on their channels and fuse them."""
         rgb, ir = x[:, : -self.c_ir], x[:, -self.c_ir :]
         return self.se(torch.cat((self.rgb(self.rgb_att(rgb)), self.ir(self.ir_att(ir))), 1))
+
+
+class BandConv(Conv):
+    """``Conv`` over one band group (``rgb`` or ``ir``) of the stacked R, G, B, IR input: the first layer of a
+    mid-fusion branch, so a colour and an IR backbone both read the model's input (layer 0, ``nn.Identity``).
+
+    The bands are a channel slice taken before the conv (an ONNX ``Slice``), so the conv, its BatchNorm folding and its
+    quantization are a plain ``Conv``'s.
+
+    Args:
+        c1 (int): Input channels of the model (4: R, G, B, IR).
+        c2 (int): Output channels.
+        k (int): Kernel size.
+        s (int): Stride.
+        bands (str): ``rgb`` (channels 0-2) or ``ir`` (channel 3).
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 2, bands: str = "rgb") -> None:
+        """A conv over ``bands``; refuses input that lacks them (a mid-fusion model needs both bands)."""
+        if bands not in BAND_SLICES:
+            raise ValueError(f"BandConv bands='{bands}': use one of {', '.join(BAND_SLICES)}")
+        if c1 != RGB_IR_CHANNELS:
+            raise ValueError(
+                f"a mid-fusion model needs both bands (modality=rgb+ir, {RGB_IR_CHANNELS} channels R,G,B,IR), got {c1} "
+                "channel(s): use an early-fusion model (ghost-n.yaml) for single-modality data"
+            )
+        sl = BAND_SLICES[bands]
+        super().__init__(sl.stop - sl.start, c2, k, s)
+        self.bands, self.band_slice = bands, sl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv, BatchNorm and activation over this branch's bands."""
+        return super().forward(x[:, self.band_slice])
+
+    def forward_fuse(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused (BatchNorm folded) form over this branch's bands."""
+        return super().forward_fuse(x[:, self.band_slice])

@@ -94,12 +94,14 @@ def quant_state(model: nn.Module) -> QuantState:
 def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
     """Names of (the first layer's convs, the head's final prediction convs), which the policy keeps at 8 bit.
 
-    The first layer is everything in ``model.0`` (a plain first conv, or both streams of a dual-stream stem); the
-    head's prediction convs are the last conv of every box and class branch of a ``Detect`` head.
+    The first layer is every layer that reads the input image: ``model.0`` (a plain first conv, or both streams of a
+    dual-stream stem), or where ``model.0`` holds no conv and passes the image on (a mid-fusion model), the first conv
+    of each branch reading it; the head's prediction convs are the last conv of every box and class branch of a
+    ``Detect`` head.
     """
     model = unwrap_model(model)
     names = {id(m): n for n, m in conv_layers(model).items()}
-    first = [names[id(m)] for m in model.model[0].modules() if id(m) in names] if hasattr(model, "model") else []
+    first = [names[id(m)] for layer in _input_layers(model) for m in layer.modules() if id(m) in names]
     if not first and names:
         first = [next(iter(names.values()))]
     head = []
@@ -111,6 +113,25 @@ def policy_layers(model: nn.Module) -> tuple[list[str], list[str]]:
                     last = [c for c in branch.modules() if id(c) in names][-1:]
                     head += [names[id(c)] for c in last]
     return first, head
+
+
+def _input_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that read the input image: layer 0, and past layers without convs that only pass it on (layer 0 of a
+    mid-fusion model), the layers reading those."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential):
+        return []
+    image, out = {-1}, []  # indices whose output is the image (-1: the input itself)
+    for i, m in enumerate(layers):
+        f = getattr(m, "f", -1)
+        sources = {i - 1 if j == -1 and i > 0 else j for j in (f if isinstance(f, list) else [f])}
+        if not sources <= image:
+            continue
+        if any(isinstance(c, nn.Conv2d) for c in m.modules()):
+            out.append(m)
+        else:
+            image.add(i)
+    return out
 
 
 def quantize_model(model: nn.Module, bits: int | dict[str, int] = KEEP_BITS, quantizer: str | None = None,
