@@ -203,3 +203,27 @@ def test_cli_task_must_fit_model(tmp_path, log):
 
     assert entrypoint("info model=ghost-n.yaml task=obb") == 2
     assert any("task=obb does not fit" in r.message for r in log.records)
+
+
+@pytest.mark.parametrize("kd,float_self", [("ost", "cotrain"), ("cwd", "shared"), ("cls+dfl", "frozen")])
+def test_distillation_registry_reads_obb_head(kd, float_self):
+    """Each distillation family trains an OBB student: the OBB loss (angle term included) plus a non-zero
+    distillation term, with gradients reaching the student's first conv."""
+    from ultralytics.utils import DEFAULT_CFG
+
+    from ghost_yolo.distill import DistillRecipe
+    from ghost_yolo.engine.setup import setup_qat
+    from ghost_yolo.quant import QuantRecipe
+
+    torch.manual_seed(0)
+    model = GhostOBBModel("ghost-n-obb.yaml", ch=4, nc=8, verbose=False)
+    quant = QuantRecipe.from_args({}, bits=4)
+    setup_qat(model, quant, DistillRecipe.from_args({}, quant, model, kd=kd, float_self=float_self, kd_weight=1.0),
+              images=torch.rand(2, 4, IMGSZ, IMGSZ))
+    model.args = DEFAULT_CFG
+    batch = {"img": torch.rand(2, 4, IMGSZ, IMGSZ), "cls": torch.tensor([[0.0], [3.0]]), "batch_idx": torch.tensor([0.0, 1.0]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.1, 0.5], [0.3, 0.6, 0.1, 0.3, 1.0]])}  # xywhr
+    loss, items = model.train().loss(batch)
+    loss.sum().backward()
+    assert items["angle_loss"] > 0 and items["kd_loss"] > 0
+    assert model.model[0].conv.weight.grad.abs().sum() > 0
