@@ -87,15 +87,15 @@ def fold_yamls(data: str | Path, folds: Any) -> dict[int, Path]:
     return yamls
 
 
-def folds_root(data: str | Path, project: str | None = None, name: str | None = None) -> Path:
-    """Where the fold runs go: ``<project>/<name>`` (default ``runs/detect/<data YAML name>s``, e.g. vedai-folds);
-    not incremented, so a repeated command finds its finished folds."""
+def folds_root(data: str | Path, project: str | None = None, name: str | None = None, task: str = "detect") -> Path:
+    """Where the fold runs go: ``<project>/<name>`` (default ``runs/<task>/<data YAML name>s``, e.g.
+    runs/detect/vedai-folds); not incremented, so a repeated command finds its finished folds."""
     from ultralytics.cfg import get_save_dir
 
     if not name:
         _, before, _, after = fold_names(data)
         name = f"{before}s{after.rsplit('.', 1)[0]}"  # vedai-fold01.yaml -> vedai-folds
-    return get_save_dir(SimpleNamespace(project=project, name=name, exist_ok=True, task="detect", mode="train"))
+    return get_save_dir(SimpleNamespace(project=project, name=name, exist_ok=True, task=task, mode="train"))
 
 
 def same_setting(a: Any, b: Any, key: str) -> bool:
@@ -227,7 +227,7 @@ def train_folds(model: Any = "ghost-n.yaml", data: str | Path | None = None, fol
     source = str(getattr(model, "ckpt_path", None) or getattr(model, "model_name", None) or model)
     train_args.pop("exist_ok", None)
     yamls = fold_yamls(data, folds)
-    root = folds_root(data, project, name)
+    root = folds_root(data, project, name, task=getattr(model, "task", None) or "detect")
     root.mkdir(parents=True, exist_ok=True)
     asked = {"model": source, **train_args}
     start = None  # the starting model's overrides, read once a finished fold needs them
