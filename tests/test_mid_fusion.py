@@ -167,13 +167,15 @@ def test_ir_branch_is_the_pretrained_backbone_on_grey(rgb_source):
         torch.testing.assert_close(y[ir_out], y_src[src_out], atol=1e-4, rtol=1e-4)
 
 
-def test_quantized_mid_model_exports_to_integer_onnx(tmp_path):
-    """W8 with output grids: both first convs kept at 8 bit by the policy, the integer QDQ ONNX runs the band slices
-    and onnxruntime reproduces the fused PyTorch model."""
+@pytest.mark.parametrize("cfg, task", [("ghost-n-mid.yaml", "detect"), ("ghost-n-mid-obb.yaml", "obb")])
+def test_quantized_mid_model_exports_to_integer_onnx(cfg, task, tmp_path):
+    """W4 with output grids: both first convs kept at 8 bit by the policy, the integer QDQ ONNX runs the band slices
+    and onnxruntime reproduces the fused PyTorch model (class scores, and the OBB head's angles)."""
     import onnx
     import onnxruntime as ort
 
-    net = _mid()
+    torch.manual_seed(0)
+    net = build_model(cfg, ch=4, nc=NC, verbose=False)
     assert policy_layers(net)[0] == [f"model.{COLOUR}.conv", f"model.{IR}.conv"]
     quantize_model(net, bits=4, out_quant=True)
     bits = get_bits(net)
@@ -181,14 +183,16 @@ def test_quantized_mid_model_exports_to_integer_onnx(tmp_path):
     x = _x(3)
     calibrate(net, x)
     path = tmp_path / "mid.pt"
-    torch.save({"model": net.half(), "train_args": {"imgsz": IMGSZ}}, path)
+    torch.save({"model": net.half(), "train_args": {"imgsz": IMGSZ, "task": task}}, path)
     model = GhostYOLO(path)
+    assert model.task == task
     f = model.export(format="onnx", imgsz=IMGSZ)
     g = onnx.load(f).graph
     assert sum(n.op_type == "Slice" for n in g.node) >= 2 and any(n.op_type == "QuantizeLinear" for n in g.node)
     ref = deepcopy(model.model).float().eval().fuse(verbose=False)(x)[0].detach().numpy()
     sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
     out = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(3)])
+    assert out.shape == ref.shape and out.shape[1] == 4 + NC + (task == "obb")
     assert np.mean(np.abs(out[:, 4:] - ref[:, 4:]) < 0.01) > 0.99
     assert np.mean(np.abs(out[:, :4] - ref[:, :4]) < 0.5) > 0.99
 
