@@ -141,6 +141,19 @@ def test_rgb_checkpoint_seeds_both_branches(rgb_source, log):
     assert w[:, w_src.shape[1] :].abs().sum() == 0
 
 
+def test_seeding_from_another_class_count_keeps_the_head(log):
+    """COCO-style weights (80 classes) into an 8-class model: branches and neck seeded, the head's class convs keep
+    their initialisation and the log says so instead of promising the pretrained response."""
+    torch.manual_seed(0)
+    src = _trained_like(DetectionModel("yolo11n.yaml", ch=3, nc=80, verbose=False)).eval()
+    model = _mid()
+    model.load(src)
+    assert "kept their initialisation where shapes differ: layer 34 (" in log.text
+    assert "answers as the pretrained one" not in log.text
+    x = _x()
+    torch.testing.assert_close(_outputs(model, x)[COLOUR_OUT[2]], _outputs(src, x[:, :3])[10])
+
+
 @torch.no_grad()
 def test_ir_branch_is_the_pretrained_backbone_on_grey(rgb_source):
     """IR branch: first conv = the RGB filters summed over R,G,B (with their BatchNorm); at full width it is the

@@ -191,10 +191,6 @@ def mid_branches(model: nn.Module) -> list[list[int]]:
     return branches
 
 
-def _ends(branches: list[list[int]]) -> set[int]:
-    return {b[-1] for b in branches}
-
-
 @torch.no_grad()
 def _transfer(dst: nn.Module, src: nn.Module, mode: str) -> tuple[int, int]:
     """Copy ``src``'s tensors into ``dst`` by name: equal shapes as they are; ``slice`` (a thinner branch): the leading
@@ -264,7 +260,7 @@ def seed_branches(model: nn.Module, source: nn.Module) -> tuple[str, str] | None
             _transfer(dst, src, "slice")
         words.append(f"{first.bands} branch (layers {b[0]}-{b[-1]}) <- layers 0-{len(b) - 1}"
                      f"{', width-sliced' if thin else ''} (first conv: {describe_mixing(m, src_bands, bands)})")
-    post = [m for m in layers[max(_ends(branches)) + 1 :] if sum(p.numel() for p in m.parameters())]
+    post = [m for m in layers[max(b[-1] for b in branches) + 1 :] if sum(p.numel() for p in m.parameters())]
     src_post = [m for m in src_layers[depth:] if sum(p.numel() for p in m.parameters())]
     n_done = 0
     for dst, src in zip(post, src_post):
@@ -279,8 +275,7 @@ def seed_branches(model: nn.Module, source: nn.Module) -> tuple[str, str] | None
     msg = (f"seeded the mid-fusion model from the pretrained {src_name} model: {'; '.join(words)}; "
            f"{n_done} of {len(post)} layers after the branches <- layers {depth}+ (fusion inputs from IR start at "
            "zero)")
-    if kept:
-        msg += f"; kept their initialisation where shapes differ: {', '.join(kept)}"
-    same = ("on its colour bands the seeded model answers as the pretrained one" if src_bands == BANDS[3] else
-            "on a grey input the seeded model answers as the pretrained one")
-    return ("info", f"{msg}; {same}")
+    if kept:  # e.g. a head with another class count: Ultralytics keeps those layers' initialisation too
+        return ("info", f"{msg}; kept their initialisation where shapes differ: {', '.join(kept)}")
+    same = "on its colour bands" if src_bands == BANDS[3] else "on a grey input"
+    return ("info", f"{msg}; {same} the seeded model answers as the pretrained one")
