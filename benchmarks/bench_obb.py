@@ -164,7 +164,7 @@ def report(records: list[dict], start: dict, smoke: bool = False) -> str:
               ""]
     lines += ["Difference: mean over seeds of (arm - float) in mAP50 points with a t-based 95 % CI; ahead: seeds where "
               "the arm beats float. Targets (issue 20): W8 within 0.5 mAP50 of float, HQ within 1.5, read as the CI's "
-              "lower bound at -0.5 / -1.5 or above.", "", "## Arms against float", ""]
+              "lower bound at -0.5 / -1.5 or above.", "", "### Arms against float", ""]
     rows = []
     base = by_arm["float"]
     for arm, rs in by_arm.items():
@@ -187,7 +187,7 @@ def report(records: list[dict], start: dict, smoke: bool = False) -> str:
     lines += md_table(["arm", "seeds", "average weight bits", "mAP50", "mAP50-95", "mAP50 VOC07", "vs float, mAP50 "
                        "(95 % CI)", "vs float, mAP50-95", "ahead", "target"], rows) + [""]
     picks = start.get("hq", {})
-    lines += ["## The angle branch", ""]
+    lines += ["### The angle branch", ""]
     if picks:
         pk = picks["angle_picks"]
         lines += ["The angle branch's last conv at each level (`model.23.cv4.{0,1,2}.2`, one output: the angle logit) "
