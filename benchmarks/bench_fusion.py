@@ -16,8 +16,8 @@ With ``--obb`` the same is done on vedai-synth-obb with the OBB variants (``ghos
 come with a t-based 95 % CI over the seeds and how many seeds the first arm is ahead in.
 
 Seeds run one after another, all arms of a seed before the next one, and the markdown (``--out``) is rewritten after
-every run, so a run stopped early still reports every finished seed. Finished runs in ``--workdir`` are reused. It
-exits 0 whatever the numbers: it is a benchmark, not a test.
+every run, so a run stopped early still reports every finished arm (``--report`` rewrites it from the finished runs
+alone). Finished runs in ``--workdir`` are reused. It exits 0 whatever the numbers: it is a benchmark, not a test.
 
 Usage (from the repository root, ghost-yolo installed):
     python benchmarks/bench_fusion.py --workdir /tmp/bench-fusion            # ~30 min a seed on an idle 2-core CPU
@@ -43,6 +43,7 @@ from common import (add_run_options, ahead, banner, base_parser, cpu_class, cpu_
 FUSIONS = {"early": "", "dual stem": "-dual", "mid": "-mid"}  # fusion -> YAML infix (ghost-n<infix>[-obb].yaml)
 MODES = ("float", "HQ")
 PAIRS = (("mid", "early"), ("mid", "dual stem"), ("dual stem", "early"))
+LOW_SIGNAL = 1.0  # mAP50 points: below this for every model, the budget was too small to rank the fusions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nominal batch size: Ultralytics steps the optimizer every nbs/batch batches (64)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (0 1 2)")
     p.add_argument("--obb", action="store_true", help="also the OBB variants on vedai-synth-obb (after detect)")
+    p.add_argument("--report", action="store_true", help="only rewrite --out from the finished runs in --workdir")
     add_run_options(p, out="benchmarks/results/fusion.md",
                     workdir_help="data and runs go here, finished runs are reused (default: temporary)")
     a = p.parse_args(argv)
@@ -128,6 +130,14 @@ def evaluate(best: Path, data_yaml: Path, args: argparse.Namespace) -> dict:
             "bits": round(float(t["avg_w_bits"]), 2)}
 
 
+def model_costs(task: str, imgsz: int) -> dict[str, dict]:
+    """Float params, GFLOPs and GBOPs of every fusion's model at imgsz, counted on its YAML (rgb+ir, 8 classes)."""
+    from ghost_yolo import GhostYOLO
+
+    return {f: GhostYOLO(model_yaml(f, task)).quant_info(imgsz=imgsz, save=False, verbose=False).attrs["totals"]
+            for f in FUSIONS}
+
+
 def run_seed(task: str, data_yaml: Path, seed: int, args: argparse.Namespace, res: dict, save) -> None:
     """Every fusion (mid first: the newest), float then HQ, at one seed; each result recorded (and the report saved) as
     soon as it exists."""
@@ -164,6 +174,7 @@ def fmt(values: list[float]) -> str:
 
 def section(task: str, res: dict, args: argparse.Namespace) -> list[str]:
     """The table and the paired differences of one task (only seeds where every compared arm finished)."""
+    costs = model_costs(task, args.imgsz)
     def get(fusion: str, mode: str, seed: int) -> dict | None:
         r = res.get(f"{task}|{fusion}|{mode}|{seed}")
         return r if r and "error" not in r else None
@@ -173,11 +184,10 @@ def section(task: str, res: dict, args: argparse.Namespace) -> list[str]:
         fp = [get(fusion, "float", s) for s in args.seeds]
         hq = [get(fusion, "HQ", s) for s in args.seeds]
         fp_ok, hq_ok = [r for r in fp if r], [r for r in hq if r]
-        first = (fp_ok or hq_ok or [None])[0]
-        rows.append([f"`{model_yaml(fusion, task)}`", fusion,
-                     f"{first['params'] / 1e6:.2f} M" if first else "-", f"{fp_ok[0]['gflops']:.2f}" if fp_ok else "-",
-                     fmt([r["map50"] for r in fp_ok]), fmt([r["map"] for r in fp_ok]),
-                     f"{fp_ok[0]['gbops']:.1f}" if fp_ok else "-", fmt([r["map50"] for r in hq_ok]),
+        c = costs[fusion]
+        rows.append([f"`{model_yaml(fusion, task)}`", fusion, f"{c['params'] / 1e6:.2f} M", f"{c['gflops']:.2f}",
+                     fmt([r["map50"] for r in fp_ok]), fmt([r["map"] for r in fp_ok]), f"{c['gbops']:.1f}",
+                     fmt([r["map50"] for r in hq_ok]),
                      f"{statistics.fmean(r['bits'] for r in hq_ok):.2f}" if hq_ok else "-",
                      f"{statistics.fmean(r['gbops'] for r in hq_ok):.1f}" if hq_ok else "-",
                      f"{len(fp_ok)} / {len(hq_ok)}"])
@@ -199,11 +209,16 @@ def section(task: str, res: dict, args: argparse.Namespace) -> list[str]:
             cells.append(f"{mean:+.1f}{ci}, ahead in {ahead(d)}")
         diff_rows.append(cells)
     lines += ["", *md_table(["paired mAP50 difference (points)", "float", "HQ"], diff_rows)]
+    scores = [r["map50"] for k, r in res.items() if k.startswith(f"{task}|") and "error" not in r]
+    if scores and max(scores) < LOW_SIGNAL:
+        lines += ["", f"Every finished model scores below {LOW_SIGNAL:g} mAP50 point at this budget: the table ranks "
+                  "nothing yet (a larger budget: more pairs, epochs and seeds)."]
     return lines + ([""] + [f"- not finished: {e}" for e in errors] if errors else [])
 
 
-def report(res: dict, args: argparse.Namespace, tasks: list[str], seconds: float) -> list[str]:
+def report(res: dict, args: argparse.Namespace, tasks: list[str]) -> list[str]:
     """Markdown: protocol, then one section per task."""
+    seconds = sum(r.get("seconds", 0) for r in res.values())
     n_train, n_val = (32, 16) if args.quick else (min(args.n_train, 400), 100)
     protocol = " ".join([
         f"Protocol: vedai-synth{' and vedai-synth-obb' if 'obb' in tasks else ''} ({n_train}/{n_val} train/val pairs,",
@@ -214,11 +229,11 @@ def report(res: dict, args: argparse.Namespace, tasks: list[str], seconds: float
         f"the HQ search (`bits=hq`, default threshold) and {args.q_epochs} quantized epochs (mosaic off, `kd=auto`).",
         f"Seeds {', '.join(map(str, args.seeds))} (`deterministic=True`), the same for every model, so differences are",
         "paired by seed. mAP50 (points; mean, per-seed values in brackets) of best.pt = the last epoch (`val=False`",
-        f"during training), fused, on the {n_val} val pairs. Params, GFLOPs and GBOPs at imgsz {args.imgsz} (GBOPs of",
-        "the float model at 32 bit, of the HQ model at its searched widths). Paired differences: mean over seeds with",
-        "a t-based 95 % CI.",
+        f"during training), fused, on the {n_val} val pairs. Params (of the convs), GFLOPs and GBOPs at imgsz",
+        f"{args.imgsz} (`ghost info`: GBOPs of the float model at 32 bit, of the HQ model at its searched widths, mean",
+        "over seeds). Paired differences: mean over seeds with a t-based 95 % CI.",
         f"CPU {cpu_name()} ({cpu_class()}), {args.threads} threads, torch {torch.__version__}, shared with other jobs",
-        f"(run under `nice`); {seconds / 60:.0f} min in all.",
+        f"(run under `nice`); {seconds / 60:.0f} min of training and evaluation in all.",
     ])
     out = ["# Fusion: early vs dual-stream stem vs mid-level (benchmarks/bench_fusion.py)", "", protocol, ""]
     for task in tasks:
@@ -235,15 +250,18 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace) -> int:
     """The benchmark in ``args.workdir``."""
     banner("fusion", args.workdir)
-    t0 = time.time()
     cache = args.workdir / "fusion.json"
     res = json.loads(cache.read_text()) if cache.exists() else {}
-    res = {k: v for k, v in res.items() if "error" not in v}  # a failed arm is tried again
     tasks = ["detect", "obb"] if args.obb else ["detect"]
+    if args.report:
+        write_md(args.out, report(res, args, tasks))
+        print(f"{args.out} rewritten from {cache}")
+        return 0
+    res = {k: v for k, v in res.items() if "error" not in v}  # a failed arm is tried again
 
     def save() -> None:
         cache.write_text(json.dumps(res, indent=1))
-        write_md(args.out, report(res, args, tasks, time.time() - t0))
+        write_md(args.out, report(res, args, tasks))
 
     data = {"detect": subset(make_data(args.workdir, args.quick, args.imgsz), args.n_train)}
     for task in tasks:
@@ -252,7 +270,7 @@ def bench(args: argparse.Namespace) -> int:
         for seed in args.seeds:
             run_seed(task, data[task], seed, args, res, save)
     save()
-    print("\n" + "\n".join(report(res, args, tasks, time.time() - t0)) + f"\n(saved to {args.out})")
+    print("\n" + "\n".join(report(res, args, tasks)) + f"\n(saved to {args.out})")
     return 0
 
 
