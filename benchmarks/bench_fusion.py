@@ -237,7 +237,7 @@ def report(res: dict, args: argparse.Namespace, tasks: list[str]) -> list[str]:
     ])
     out = ["# Fusion: early vs dual-stream stem vs mid-level (benchmarks/bench_fusion.py)", "", protocol, ""]
     for task in tasks:
-        out += [f"## {'Detect, vedai-synth' if task == 'detect' else 'OBB, vedai-synth-obb'}", "",
+        out += [f"**{'Detect, vedai-synth' if task == 'detect' else 'OBB, vedai-synth-obb'}**", "",
                 *section(task, res, args), ""]
     return out
 
