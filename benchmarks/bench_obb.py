@@ -172,7 +172,8 @@ def report(records: list[dict], start: dict, smoke: bool = False) -> str:
             continue
         v = list(rs.values())
         voc = [r["voc07"] for r in v if "voc07" in r]
-        row = [arm, len(v), f"{statistics.fmean(r['bits'] for r in v):.2f}",
+        angle = sorted({"/".join(map(str, r["angle_bits"])) for r in v if "angle_bits" in r})
+        row = [arm, len(v), f"{statistics.fmean(r['bits'] for r in v):.2f}", ", ".join(angle) or "-",
                f"{statistics.fmean(r['map50'] for r in v):.1f}", f"{statistics.fmean(r['map'] for r in v):.1f}",
                f"{statistics.fmean(voc):.1f}" if voc else "-"]
         seeds = sorted(set(rs) & set(base))
@@ -184,8 +185,9 @@ def report(records: list[dict], start: dict, smoke: bool = False) -> str:
         ci = f"[{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else "(one seed)"
         d = statistics.fmean(rs[k]["map"] - base[k]["map"] for k in seeds)
         rows.append(row + [f"{mean:+.2f} {ci}", f"{d:+.2f}", ahead(d50), verdict(arm, mean, lo)])
-    lines += md_table(["arm", "seeds", "average weight bits", "mAP50", "mAP50-95", "mAP50 VOC07", "vs float, mAP50 "
-                       "(95 % CI)", "vs float, mAP50-95", "ahead", "target"], rows) + [""]
+    lines += md_table(["arm", "seeds", "average weight bits", "angle convs (P3/P4/P5)", "mAP50", "mAP50-95",
+                       "mAP50 VOC07", "vs float, mAP50 (95 % CI)", "vs float, mAP50-95", "ahead", "target"], rows)
+    lines.append("")
     picks = start.get("hq", {})
     lines += ["### The angle branch", ""]
     if picks:
