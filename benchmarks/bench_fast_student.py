@@ -94,13 +94,15 @@ def run_one(arm: str, width: str, seed: int, work: Path, full: Path, small: Path
 
 
 # Report --------------------------------------------------------------------------------------------------------------
-def verdict(mean: float, lo: float) -> str:
+def verdict(mean: float, lo: float, hi: float) -> str:
     """The 1.0 mAP50 target of a ReLU - SiLU difference."""
     if math.isnan(lo):
         return "one seed"
     if lo >= TARGET:
         return "**met** (CI above -1.0)"
-    return "not shown (mean within, CI reaches below -1.0)" if mean >= TARGET else "**not met**"
+    if hi < TARGET:
+        return "**not met** (CI below -1.0)"
+    return f"not shown (mean {'within' if mean >= TARGET else 'below'} -1.0, CI across it)"
 
 
 def report(records: list[dict], floats: dict) -> str:
@@ -131,6 +133,12 @@ def report(records: list[dict], floats: dict) -> str:
         lines += md_table(["float start", "epochs run", "best epoch", "mAP50", "mAP50-95"],
                           [[f"{fam} ({FAMILIES[fam]})", r["epochs_run"], r["best_epoch"], f"{r['map50']:.1f}",
                             f"{r['map']:.1f}"] for fam, r in floats.items()]) + [""]
+        if {"silu", "relu"} <= set(floats):
+            lines += [f"At this size the float models reach {floats['silu']['map50']:.1f} (SiLU) and "
+                      f"{floats['relu']['map50']:.1f} (ReLU) mAP50 (regime A's SiLU model at 160 px: 37.5-43.5), so the "
+                      f"SiLU teacher starts {floats['silu']['map50'] - floats['relu']['map50']:+.1f} points above its "
+                      "ReLU student: these runs measure a weak teacher, not yet what a well-trained SiLU model "
+                      "teaches.", ""]
     lines += [f"Difference: mean over seeds of (arm - reference) in mAP50 points with a t-based 95 % CI; ahead: seeds "
               "where the arm beats the reference. Target (issue 19): the ReLU model within 1.0 mAP50 of the SiLU "
               "model at the same bits, read as the CI's lower bound at -1.0 or above.", ""]
@@ -157,7 +165,7 @@ def report(records: list[dict], floats: dict) -> str:
             mean, lo, hi = paired(d50)
             ci = f"[{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else "(one seed)"
             comp_rows.append([label, len(seeds), f"{mean:+.2f} {ci}", f"{statistics.fmean(d):+.2f}", ahead(d50),
-                              verdict(mean, lo) if target else "-"])
+                              verdict(mean, lo, hi) if target else "-"])
         lines += md_table(["comparison", "paired seeds", "mAP50 diff (95 % CI)", "mAP50-95 diff", "ahead",
                            "within 1.0 mAP50"], comp_rows) + [""]
     return "\n".join(lines)
