@@ -175,7 +175,7 @@ def test_bare_words_parse_like_yolo():
     [
         ("train imgsz", "'imgsz' is not a key=value pair: it needs a value, i.e. 'imgsz=640'"),
         ("train resum", "'resum' is not a key=value pair nor a boolean key. Similar arguments are i.e. ['resume"),
-        ("train segment", "task 'segment' is not available, only 'detect'"),
+        ("train segment", "task 'segment' is not available, only detect or obb"),
         ("predict model=x.pt imgsz=", "missing 'imgsz' value"),
     ],
 )
