@@ -4,6 +4,7 @@ HQ + QAT with self-distillation, integer ONNX and .ghost parity, predict) on the
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import cv2
@@ -126,7 +127,8 @@ def test_obb_augmentation_moves_labels_with_both_bands(easy_obb_yaml):
                hsv_v=0.0)
     ds = build(easy_obb_yaml, mode="train", task="obb", **hyp)
     checked = 0
-    for i in range(8):
+    for i in range(16):
+        random.seed(i)
         np.random.seed(i)
         s = ds[i]
         img = s["img"].numpy().transpose(1, 2, 0)  # H x W x (R, G, B, IR)
@@ -143,7 +145,7 @@ def test_obb_augmentation_moves_labels_with_both_bands(easy_obb_yaml):
             assert img[..., 3][inside].mean() > 120, f"sample {i}: IR band dark inside {box}"
             assert img[..., :3].max(-1)[inside].mean() > 150, f"sample {i}: colour dark inside {box}"
             checked += 1
-    assert checked >= 10
+    assert checked >= 12
 
 
 # The pipeline ---------------------------------------------------------------------------------------------------------

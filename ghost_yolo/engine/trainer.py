@@ -29,7 +29,7 @@ from ghost_yolo.utils.threads import training_threads
 from .phases import PHASE_CALLBACKS, start_quantized_phase
 from .setup import setup_qat
 from .summary import quant_report, summary_dict, summary_text, validate_float_self
-from .validator import GhostOBBValidator, GhostValidator
+from .validator import VOC07_KEY, GhostOBBValidator, GhostValidator
 
 
 class GhostTrainer(DetectionTrainer):
@@ -176,3 +176,13 @@ class GhostOBBTrainer(GhostTrainer, OBBTrainer):
 
     model_class = GhostOBBModel
     validator_class = GhostOBBValidator
+
+    def _setup_train(self):
+        """Ultralytics' set-up; the VOC07 column joins the metrics it starts from where the validator puts it, so
+        results.csv keeps one column order whether or not every epoch validates (``val=False``)."""
+        super()._setup_train()
+        if getattr(self, "metrics", None) and VOC07_KEY not in self.metrics:
+            keys = list(self.metrics)
+            at = keys.index("metrics/mAP50-95(B)") + 1 if "metrics/mAP50-95(B)" in keys else len(keys)
+            keys.insert(at, VOC07_KEY)
+            self.metrics = {k: self.metrics.get(k, 0) for k in keys}
