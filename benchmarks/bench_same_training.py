@@ -8,8 +8,15 @@ one-command pipeline from the YAML (a float epoch, the HQ search, a quantized ep
 trained the same way by each side: W4 with the frozen float self and cls+dfl, HQ with OST from the co-trained float
 self, W8 plain QAT. ``kd`` is named in every arm, since what ``kd=auto`` means may differ on purpose between commits.
 
+Both sides run the LSQ quantizers on their tensor ops (``GHOST_FUSED_FAKEQUANT=0``), so any two commits compare:
+the fused kernels (``ghost_yolo/nn/fakequant.py``) sum the step-size gradient exactly in double where the tensor ops
+take two float32 dot products, so training with them is close to, not bit-identical with, the tensor path. ``--fused``
+compares two commits that both have the kernels on the kernels; ``--fused-vs-tensor`` measures how far apart the two
+paths end up (this checkout against itself).
+
 Usage:
     python benchmarks/bench_same_training.py --ref 2c9ed6e            # results/same_training.md
+    python benchmarks/bench_same_training.py --fused-vs-tensor        # results/same_training_fused.md
 """
 
 from __future__ import annotations
@@ -24,15 +31,17 @@ from pathlib import Path
 from common import RESULTS, base_parser, cpu_class, cpu_name, md_table, run_main, work_dir, write_md
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {  # name: (start, keys)
+ARMS = {  # name: (start, keys); a checkpoint does not pass on its epochs (Ultralytics' default of 100 would apply)
     "yaml-pipeline": ("yaml", {"epochs": 2, "kd": "none"}),
     "yaml-pipeline-kd-auto": ("yaml", {"epochs": 2}),  # bare `ghost train`'s keys: HQ, kd=auto settled by the search
-    "w4-frozen-cls+dfl": ("float", {"bits": 4, "kd": "cls+dfl", "float_self": "frozen"}),
-    "hq-cotrain-ost": ("float", {"bits": "hq", "hq_threshold": 0.05, "kd": "ost", "float_self": "cotrain"}),
-    "w8-plain": ("float", {"bits": 8, "kd": "none"}),
+    "w4-frozen-cls+dfl": ("float", {"epochs": 1, "bits": 4, "kd": "cls+dfl", "float_self": "frozen"}),
+    "hq-cotrain-ost": ("float", {"epochs": 1, "bits": "hq", "hq_threshold": 0.05, "kd": "ost",
+                                 "float_self": "cotrain"}),
+    "w8-plain": ("float", {"epochs": 1, "bits": 8, "kd": "none"}),
 }
 
-# Runs inside one side's checkout (its ghost_yolo first on sys.path): trains every arm, saves plain state dicts.
+# Runs inside one side's checkout (its ghost_yolo first on sys.path): trains every arm, saves plain state dicts of
+# last.pt (fp16, as Ultralytics saves it) and of the float32 model the trainer ended with (differences below fp16).
 DRIVER = r"""
 import json, os, sys, torch
 os.environ["YOLO_OFFLINE"] = "1"
@@ -41,10 +50,13 @@ from ultralytics.nn.tasks import load_checkpoint
 data, out, arms = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 common = dict(data=data, imgsz=64, batch=8, workers=0, plots=False, val=False, seed=0, deterministic=True,
               exist_ok=True, project=out, verbose=False)
-GhostYOLO("ghost-n.yaml").train(name="float", bits=32, kd="none", epochs=1, **common)
+def train(name, src, keys):
+    m = GhostYOLO(src)
+    m.train(name=name, **{**common, **keys})
+    torch.save({k: v.detach().clone() for k, v in m.trainer.model.state_dict().items()}, f"{out}/{name}.fp32.pt")
+train("float", "ghost-n.yaml", dict(bits=32, kd="none", epochs=1))
 for name, (start, keys) in arms.items():
-    src = "ghost-n.yaml" if start == "yaml" else f"{out}/float/weights/best.pt"
-    GhostYOLO(src).train(name=name, **{**common, **keys})
+    train(name, "ghost-n.yaml" if start == "yaml" else f"{out}/float/weights/best.pt", keys)
 for name in ["float", *arms]:
     m, _ = load_checkpoint(f"{out}/{name}/weights/last.pt")
     torch.save({k: v.detach().clone() for k, v in m.state_dict().items()}, f"{out}/{name}.state.pt")
@@ -54,16 +66,26 @@ for name in ["float", *arms]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     p = base_parser(__doc__.split("\n")[0], quick=None)
-    p.add_argument("--ref", required=True, help="the commit to compare with (e.g. the one before a refactor)")
+    p.add_argument("--ref", help="the commit to compare with (e.g. the one before a refactor)")
+    p.add_argument("--fused", action="store_true", help="both sides on the fused fake-quant kernels (default: both on "
+                   "the tensor ops, GHOST_FUSED_FAKEQUANT=0, which every commit has)")
+    p.add_argument("--fused-vs-tensor", action="store_true", help="no --ref: this checkout with the fused kernels "
+                   "against itself on the tensor ops")
     p.add_argument("--work", type=Path, help="work directory (default: a temporary one, removed)")
-    p.add_argument("--out", type=Path, default=RESULTS / "same_training.md", help="markdown results")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, help="markdown results (default: results/same_training.md, with "
+                   "--fused-vs-tensor results/same_training_fused.md)")
+    args = p.parse_args(argv)
+    if bool(args.ref) == args.fused_vs_tensor:
+        p.error("give --ref COMMIT or --fused-vs-tensor")
+    args.out = args.out or RESULTS / ("same_training_fused.md" if args.fused_vs_tensor else "same_training.md")
+    return args
 
 
-def side(tree: Path, data: Path, out: Path) -> None:
-    """Train every arm with the ghost_yolo of ``tree`` in a fresh process."""
+def side(tree: Path, data: Path, out: Path, fused: bool) -> None:
+    """Train every arm with the ghost_yolo of ``tree`` in a fresh process, with the fused fake-quant kernels or not."""
     env = {**os.environ, "PYTHONPATH": str(tree), "YOLO_CONFIG_DIR": str(out / "settings"),
-           "OMP_NUM_THREADS": "1"}  # one thread in every tree (older ones left one core idle, newer use all)
+           "OMP_NUM_THREADS": "1",  # one thread in every tree (older ones left one core idle, newer use all)
+           "GHOST_FUSED_FAKEQUANT": "1" if fused else "0"}
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-c", DRIVER, str(data), str(out), json.dumps(ARMS)], env=env, check=True,
                    cwd=out)
@@ -96,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    ref = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.ref], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                      text=True, check=True).stdout.strip():
+        head += " (with uncommitted changes)"
+    ref = args.ref and subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.ref], capture_output=True,
+                                      text=True, check=True).stdout.strip()
     with work_dir(args.work, "ghost-same-") as work:
         from ghost_yolo.data.synthetic import VEDAI_NAMES, generate_vedai_synth
         from ultralytics.utils import YAML
@@ -106,25 +131,45 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(root) / "synth.yaml"
         YAML.save(data, {"path": str(root), "train": "images/train", "val": "images/val", "pairing": "suffix",
                          "names": VEDAI_NAMES})
-        old = checkout(args.ref, work / "ref")
-        try:
-            side(old, data, work / "runs-ref")
-            side(ROOT, data, work / "runs-head")
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+        if args.fused_vs_tensor:
+            side(ROOT, data, work / "runs-ref", fused=False)
+            side(ROOT, data, work / "runs-head", fused=True)
+        else:
+            old = checkout(args.ref, work / "ref")
+            try:
+                side(old, data, work / "runs-ref", args.fused)
+                side(ROOT, data, work / "runs-head", args.fused)
+            finally:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
         rows = []
         for name in ["float", *ARMS]:
             n, same, worst = compare(work / "runs-ref" / f"{name}.state.pt", work / "runs-head" / f"{name}.state.pt")
-            rows.append([name, n, same, f"{worst:.3g}", "yes" if same == n else "**no**"])
-    lines = ["# Same training before and after a refactor (`benchmarks/bench_same_training.py`)", "",
-             f"{head} (this checkout) against {ref}, each training every arm in its own process on this machine: "
+            n32, same32, worst32 = compare(*(work / side / f"{name}.fp32.pt" for side in ("runs-ref", "runs-head")))
+            rows.append([name, n, same, f"{worst:.3g}", same32 if n32 == n else f"{same32} of {n32}", f"{worst32:.3g}",
+                         "yes" if same == n and same32 == n32 else "**no**"])
+    if args.fused_vs_tensor:
+        title = "Training on the fused fake-quant kernels against the tensor ops"
+        sides = (f"{head} with the fused LSQ kernels against {head} on the tensor ops (`GHOST_FUSED_FAKEQUANT=0`). The "
+                 "kernels sum the step-size gradient exactly in double, the tensor ops as two float32 dot products; "
+                 "everything else is the same bit for bit, so the differences below are where that rounding leads")
+    else:
+        title = "Same training before and after a refactor"
+        path = ("the fused fake-quant kernels" if args.fused else
+                "the quantizers' tensor ops (`GHOST_FUSED_FAKEQUANT=0`; the fused kernels sum the step-size gradient "
+                "in double, so training with them is close to, not bit-identical with, this path: "
+                "`results/same_training_fused.md`)")
+        sides = f"{head} (this checkout) against {ref}, both on {path}"
+    lines = [f"# {title} (`benchmarks/bench_same_training.py`)", "",
+             f"{sides}, each side training every arm in its own process (one thread) on this machine: "
              f"{cpu_name()} ({cpu_class()}), {os.cpu_count()} CPUs. vedai-synth, 16 train pairs at 96 px, imgsz 64, "
              "batch 8, seed 0, deterministic; a float epoch from ghost-n.yaml, then each arm from it (one epoch) or "
-             "from the YAML (two). Weights of last.pt compared tensor by tensor.", "",
-             *md_table(["arm", "tensors", "identical", "largest difference", "bit-identical"], rows), ""]
+             "from the YAML (two). Weights compared tensor by tensor: last.pt (fp16, as Ultralytics saves "
+             "checkpoints) and the float32 model the trainer ended with.", "",
+             *md_table(["arm", "tensors", "identical (last.pt)", "largest difference (last.pt)", "identical (fp32)",
+                        "largest difference (fp32)", "bit-identical"], rows), ""]
     write_md(args.out, lines)
     print("\n".join(lines))
-    return 0 if all(r[-1] == "yes" for r in rows) else 1
+    return 0 if args.fused_vs_tensor or all(r[-1] == "yes" for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from .fakequant import fused_kernels, fused_ok
+
 __all__ = ("FLOAT_BITS", "QUANTIZERS", "ActQuantizer", "DoReFaAct", "DoReFaWeight", "LSQAct", "LSQWeight", "WeightQuantizer",
-           "check_bits", "register_quantizer", "round_ste")
+           "check_bits", "lsq_fake_quant", "lsq_log_step", "register_quantizer", "round_ste", "step_from_log",
+           "zero_point_of")
 
 FLOAT_BITS = 32
 VALID_BITS = (*range(2, 9), FLOAT_BITS)
@@ -53,43 +56,61 @@ def half_exact(t: torch.Tensor) -> torch.Tensor:
     return t + (t.detach().half().to(t.dtype) - t.detach())
 
 
+def step_from_log(log_scale: torch.Tensor) -> torch.Tensor:
+    """``exp(half_exact(log_scale))`` without gradient or graph (the LSQ function takes the log itself).
+
+    ``t + (fp16(t) - t)`` is exactly ``fp16(t)`` (the difference is exact), so this is the same step, bit for bit.
+    """
+    t = log_scale.detach()
+    return t.half().to(t.dtype).exp()
+
+
 class LSQFakeQuant(torch.autograd.Function):
-    """``s * clamp(round(x / s), qmin - z, qmax - z)`` with LSQ gradients, in a few passes over ``x``.
+    """``s * clamp(round(x / s), qmin - z, qmax - z)`` with LSQ gradients, in a few passes over ``x``: the tensor-op
+    path of ``lsq_fake_quant`` (which runs the fused kernels where they cover the tensors).
 
     Written as one autograd function because composing it from tensor ops costs several times more time and memory on
     the activations (it runs on every conv input). ``s`` is a scalar (per tensor) or a per-channel view that broadcasts
     against ``x``; the zero point ``z`` is an integer (0 for symmetric weights) and gets no gradient. Gradients:
-    straight-through for ``x`` inside the range, zero outside; ``d/ds = q - (x / s) * inside`` (``q`` the clamped
-    integer grid value) summed over what ``s`` is shared by, times LSQ's gradient scale ``g``.
+    straight-through for ``x`` strictly inside the range (on CPU in float32 a value exactly on a bound gets none, as in
+    LSQ's paper), zero outside; ``d/ds = q - (x / s) * inside`` (``q`` the clamped integer grid value) summed over what
+    ``s`` is shared by, times LSQ's gradient scale ``g``. With ``log_scale`` (the parameter ``s == exp(log_scale)`` was
+    computed from, without gradient) the step's gradient goes to ``log_scale`` instead (times ``s``, exp's derivative):
+    one autograd node per quantizer rather than three.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor, z: float, qmin: int, qmax: int, g: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor, z: float, qmin: int, qmax: int, g: float,
+                log_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Quantize-dequantize. Rounds ``x / s`` before the zero point enters and divides rather than multiplying by
         ``1 / s``, exactly as ONNX QuantizeLinear does, so an exported graph rounds the same values the same way."""
+        ctx.lo, ctx.hi, ctx.g, ctx.dtype = qmin - z, qmax - z, g, x.dtype  # AMP: x may be fp16, xn is fp32
+        ctx.log_step = log_scale is not None
+        ctx.log_shape = log_scale.shape if ctx.log_step else None
         with torch.no_grad():
             xn = x / s
-            out = xn.round().clamp_(qmin - z, qmax - z).mul_(s).to(x.dtype)
+            out = xn.round().clamp_(ctx.lo, ctx.hi).mul_(s).to(x.dtype)
         ctx.save_for_backward(xn, out, s)
-        ctx.lo, ctx.hi, ctx.g, ctx.dtype = qmin - z, qmax - z, g, x.dtype  # AMP: x may be fp16, xn is fp32
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        """Straight-through gradient for ``x``, LSQ gradient for ``s``.
+        """Straight-through gradient for ``x``, LSQ gradient for ``s`` (or ``log_scale``).
 
         ``sum(grad * (q - xn * inside)) = sum(grad * out) / s - sum(gx * xn)``: with the masked input gradient ``gx``
         in hand, the step gradient is two reductions, no extra tensors.
         """
+        need_x, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[6 if ctx.log_step else 1]
         xn, out, s = ctx.saved_tensors
         grad = grad.to(xn.dtype)
-        if xn.device.type == "cpu":  # hardtanh_backward: one fused masked pass; bounds widened so both are inside
+        if xn.device.type == "cpu":  # hardtanh_backward: one fused masked pass (exclusive bounds: the nextafter
+            # widening is lost where ATen casts them to float32)
             gx = torch.ops.aten.hardtanh_backward(grad, xn, math.nextafter(ctx.lo, -math.inf),
                                                   math.nextafter(ctx.hi, math.inf))
         else:
             gx = torch.where((xn >= ctx.lo) & (xn <= ctx.hi), grad, 0)
         gs = None
-        if ctx.needs_input_grad[1]:
+        if need_s:
             out = out.to(xn.dtype)
             if s.ndim == 0:
                 gs = torch.dot(grad.reshape(-1), out.reshape(-1)) / s - torch.dot(gx.reshape(-1), xn.reshape(-1))
@@ -97,8 +118,39 @@ class LSQFakeQuant(torch.autograd.Function):
                 dims = [d for d in range(xn.ndim) if s.shape[d] == 1]
                 gs = ((grad * out).sum(dims, keepdim=True) / s - (gx * xn).sum(dims, keepdim=True)).reshape(s.shape)
             gs = gs * ctx.g
-        gx = gx.to(ctx.dtype) if ctx.needs_input_grad[0] else None
-        return gx, gs, None, None, None, None
+        gx = gx.to(ctx.dtype) if need_x else None
+        if ctx.log_step:  # s = exp(log_scale): exp's backward
+            return gx, None, None, None, None, None, None if gs is None else (gs * s).reshape(ctx.log_shape)
+        return gx, gs, None, None, None, None, None
+
+
+def lsq_fake_quant(x: torch.Tensor, s: torch.Tensor, z: float, qmin: int, qmax: int, g: float,
+                   log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """LSQ fake quantization as ``LSQFakeQuant`` defines it, on the fused kernels of ``fakequant`` where they cover
+    the tensors (float32 on the CPU: one pass each way, forward and backward in C++; the same output and input
+    gradient bit for bit, the step gradient's sum accumulated in double), else on ``LSQFakeQuant``'s tensor ops."""
+    if fused_ok(x, s):
+        return fused_kernels().lsq(x, s, log_scale, qmin - z, qmax - z, g)
+    return LSQFakeQuant.apply(x, s, z, qmin, qmax, g, log_scale)
+
+
+def zero_point_of(lo: torch.Tensor, s: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integer code of 0.0 on an unsigned grid ``0..levels`` with step ``s`` that reaches down to ``lo``."""
+    return torch.clamp(torch.round(-lo.to(s.dtype) / s), 0, levels)
+
+
+def lsq_log_step(x: torch.Tensor, log_scale: torch.Tensor, qmin: int, qmax: int, g: float,
+                 lo: torch.Tensor | None = None) -> torch.Tensor:
+    """``lsq_fake_quant`` with the step ``step_from_log(log_scale)`` (one value, or one per leading channel of ``x``),
+    the step's gradient going to ``log_scale``; with ``lo``, on the grid shifted by ``zero_point_of(lo, s, qmax)``.
+    On the fused kernels the step and zero point are computed in C++ with the same operations."""
+    if fused_ok(x, log_scale, log=True) and (lo is None or (lo.dtype is torch.float32 and log_scale.ndim == 0)):
+        return fused_kernels().lsq_log(x, log_scale, lo, qmin, qmax, g)
+    s = step_from_log(log_scale)
+    z = 0.0 if lo is None else float(zero_point_of(lo, s, qmax))
+    if log_scale.ndim:
+        s = s.view(-1, *([1] * (x.ndim - 1)))
+    return LSQFakeQuant.apply(x, s, z, qmin, qmax, g, log_scale)
 
 
 class FakeQuantizer(nn.Module):
@@ -230,18 +282,14 @@ class LSQWeight(WeightQuantizer):
         self.log_scale.data.copy_((amax * best / self.qmax).log())
         self.calibrated.fill_(True)
 
-    def _steps(self) -> torch.Tensor:
-        """Per-channel steps with gradient (fp16-exact, see ``half_exact``)."""
-        return half_exact(self.log_scale).exp()
-
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        """Quantize ``w`` with the learned steps (LSQ gradient scale per channel)."""
-        s = self._steps().view(-1, *([1] * (w.ndim - 1)))
-        return LSQFakeQuant.apply(w, s, 0.0, self.qmin, self.qmax, 1.0 / math.sqrt(w[0].numel() * self.qmax))
+        """Quantize ``w`` with the learned steps (LSQ gradient scale per channel, gradient to ``log_scale``)."""
+        return lsq_log_step(w, self.log_scale, self.qmin, self.qmax,
+                            1.0 / math.sqrt(w.numel() // w.shape[0] * self.qmax))
 
     def steps(self) -> torch.Tensor:
-        """Per-channel step sizes as used in ``quantize`` (for export and accounting)."""
-        return self._steps().detach()
+        """Per-channel step sizes as used in ``quantize`` (fp16-exact logs, see ``half_exact``; no gradient)."""
+        return step_from_log(self.log_scale)
 
     def code_grid(self) -> tuple[int, int, int]:
         """Signed codes ``-2^(b-1) .. 2^(b-1) - 1``."""
@@ -276,8 +324,7 @@ class LSQAct(ActQuantizer):
 
     def zero_point(self, s: torch.Tensor | None = None) -> torch.Tensor:
         """Integer code of 0.0 for step ``s`` (the current learned step by default)."""
-        s = self.steps() if s is None else s
-        return torch.clamp(torch.round(-self.lo.to(s.dtype) / s), 0, self.levels)
+        return zero_point_of(self.lo, self.steps() if s is None else s, self.levels)
 
     def _fake(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize ``x`` with step ``s`` and zero point ``z``."""
@@ -302,14 +349,14 @@ class LSQAct(ActQuantizer):
         self.calibrated.fill_(True)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantize ``x`` with the learned step; the zero point follows the step (no gradient through it)."""
-        s = half_exact(self.log_scale).exp()
-        return LSQFakeQuant.apply(x, s, float(self.zero_point(s.detach())), 0, self.levels,
-                                  1.0 / math.sqrt(x[0].numel() * self.levels))
+        """Quantize ``x`` with the learned step (gradient to ``log_scale``); the zero point follows the step (no
+        gradient through it)."""
+        return lsq_log_step(x, self.log_scale, 0, self.levels, 1.0 / math.sqrt(x.numel() // x.shape[0] * self.levels),
+                            self.lo)
 
     def steps(self) -> torch.Tensor:
-        """The step size as used in ``quantize``."""
-        return half_exact(self.log_scale.detach()).exp()
+        """The step size as used in ``quantize`` (no gradient)."""
+        return step_from_log(self.log_scale)
 
     def qparams(self) -> tuple[float, int, int]:
         """Frozen step, zero point and highest code."""
