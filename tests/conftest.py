@@ -16,6 +16,12 @@ Slow tests: ``@pytest.mark.slow`` marks a test that runs a real training itself 
 any test that requests one of ``TRAINING_FIXTURES`` is marked slow here at collection, since that fixture trains.
 ``python -m pytest tests -m "not slow"`` is the quick run.
 
+Parallel runs: the suite runs on every core with pytest-xdist (``-n auto --dist loadgroup`` in pyproject's addopts;
+``-p no:xdist`` runs it in one process). Each worker trains on one torch thread (``OMP_NUM_THREADS=1`` unless the user
+set it: two workers of two threads each on two cores would contend), the tests that share the session fixtures
+``trained`` / ``qtrained`` go to one worker (built once), and the other tests of a file stay together (their module
+fixtures are built once).
+
 Test files import the helpers with ``from conftest import ...`` (pytest puts tests/ on sys.path).
 """
 
@@ -49,11 +55,26 @@ NO_AUG = dict(mosaic=0.0, mixup=0.0, cutmix=0.0, copy_paste=0.0, degrees=0.0, tr
 TRAINING_FIXTURES = frozenset({"trained", "qtrained", "cli_run", "first_run", "ranks"})
 
 
+SHARED_TRAINED = frozenset({"trained", "qtrained"})  # session fixtures that train: their tests share one worker
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, before the workers start: one torch thread per worker unless the user chose a count."""
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # the workers inherit it (ghost's trainer honours it)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Mark tests that need a training fixture as slow, so ``-m "not slow"`` never builds one."""
+    """Mark tests that need a training fixture as slow, so ``-m "not slow"`` never builds one; group tests for
+    ``--dist loadgroup``: those sharing ``trained`` / ``qtrained`` together, the others by file."""
     for item in items:
-        if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if TRAINING_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        group = "trained" if SHARED_TRAINED & names else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # Logging --------------------------------------------------------------------------------------------------------------

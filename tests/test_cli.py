@@ -63,8 +63,9 @@ def test_bad_modality_and_pairing(log, synth_yaml, tmp_path):
 
 @pytest.mark.slow
 def test_existing_run_dir_is_not_overwritten(synth_yaml, tmp_path):
-    """Ultralytics' run-dir increment is kept: a second run with the same name goes to a new dir, the first is intact."""
-    args = (f"train data={synth_yaml} epochs=1 imgsz={IMGSZ} batch=8 workers=0 val=False plots=False "
+    """Ultralytics' run-dir increment is kept: a second run with the same name goes to a new dir, the first is intact.
+    (A float run: the run directory is the trainer's, whatever the bits.)"""
+    args = (f"train data={synth_yaml} bits=32 epochs=1 imgsz={IMGSZ} batch=8 workers=0 val=False plots=False "
             f"project={tmp_path} name=same")
     assert entrypoint(args) == 0
     first = (tmp_path / "same" / "weights" / "last.pt").read_bytes()

@@ -36,6 +36,10 @@ def user(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("user")
     env = {k: v for k, v in os.environ.items() if k not in {"PYTEST_CURRENT_TEST", "GHOST_DEBUG"}}  # not 'in tests'
     env.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path_factory.mktemp("config")))
+    # Fresh settings put runs under ./runs, except where Ultralytics is installed inside a git checkout (pyenv is
+    # one): then under that checkout. Pin what a fresh install outside git gives, so the run lands in `cwd`.
+    pin = f"from ultralytics.utils import SETTINGS; SETTINGS.update(runs_dir={str(cwd / 'runs')!r})"
+    subprocess.run([sys.executable, "-c", pin], env=env, check=True, capture_output=True, timeout=120)
 
     def ghost(line: str, ok: bool = True) -> str:
         cmd = shlex.split(line)
