@@ -136,13 +136,15 @@ def graph_counts(path: Path, threads: int) -> dict[str, int]:
     return dict(ops)
 
 
-def family(op: str, node: str, dtypes: set[str], head: str) -> str:
-    """The family of one kernel run: by op type, input data type and whether it belongs to the head's decoding."""
+def family(op: str, node: str, data_type: str | None, head: str) -> str:
+    """The family of one kernel run: by op type, the data type of its first (data) input and whether it belongs to the
+    head's decoding. Only the data input counts: a uint8 Resize takes float scales and a uint8 Split int64 sizes, and
+    both move integers."""
     if op in INT_CONV:
         return "int conv"
     if op in QDQ:
         return "Q/DQ"
-    if op.startswith("QLinear") or (dtypes and dtypes <= {"uint8", "int8"}):
+    if op.startswith("QLinear") or data_type in ("uint8", "int8"):
         return "int other"
     if op in FLOAT_CONV:
         return "float conv"
@@ -168,9 +170,10 @@ def op_shares(path: Path, threads: int, x: np.ndarray, runs: int) -> tuple[dict[
     for e in json.loads(prof.read_text()):
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             op, node = e["args"]["op_name"], e["name"][: -len("_kernel_time")]
-            dtypes = {k for d in e["args"].get("input_type_shape", []) for k in d}
+            inputs = e["args"].get("input_type_shape", [])  # one {type: shape} per input, in input order
+            data_type = next(iter(inputs[0]), None) if inputs else None
             per_op[op] += e["dur"]
-            per_family[family(op, node, dtypes, head)] += e["dur"]
+            per_family[family(op, node, data_type, head)] += e["dur"]
     prof.unlink(missing_ok=True)
     total = sum(per_op.values()) or 1.0
     return ({k: v / total for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
