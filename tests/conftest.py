@@ -17,7 +17,7 @@ any test that requests one of ``TRAINING_FIXTURES`` is marked slow here at colle
 ``python -m pytest tests -m "not slow"`` is the quick run.
 
 Parallel runs: the suite runs on every core with pytest-xdist (``-n auto --dist loadgroup`` in pyproject's addopts;
-``-p no:xdist`` runs it in one process). Each worker trains on one torch thread (``OMP_NUM_THREADS=1`` unless the user
+``-n 0`` runs it in one process). Each worker trains on one torch thread (``OMP_NUM_THREADS=1`` unless the user
 set it: two workers of two threads each on two cores would contend), the tests that share the session fixtures
 ``trained`` / ``qtrained`` go to one worker (built once), and the other tests of a file stay together (their module
 fixtures are built once).

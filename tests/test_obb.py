@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import EASY_RECIPE, IMGSZ, MAP50_FLOOR, QMAP50_FLOOR, build, make_easy_obb_set, read_csv, write_label
+from conftest import (EASY_RECIPE, IMGSZ, MAP50_FLOOR, QMAP50_FLOOR, build, draw_easy_obb, make_easy_obb_set, read_csv,
+                      write_label)
 
 from ghost_yolo import GhostYOLO
 from ghost_yolo.data.check import check_task_labels
@@ -229,3 +230,62 @@ def test_distillation_registry_reads_obb_head(kd, float_self):
     loss.sum().backward()
     assert items["angle_loss"] > 0 and items["kd_loss"] > 0
     assert model.model[0].conv.weight.grad.abs().sum() > 0
+
+
+# VEDAI k-fold on oriented boxes ---------------------------------------------------------------------------------------
+def write_vedai_official_obb(src: Path, n_pairs: int, per_fold: int, seed: int = 2) -> None:
+    """A small VEDAI distribution in the official layout (Vehicules512/, Annotations512/ with fold lists) whose objects
+    are turned (``draw_easy_obb``): 14-field annotations with the rotated corners; fold k tests on ``per_fold`` pairs."""
+    img_dir, ann_dir = src / "Vehicules512", src / "Annotations512"
+    img_dir.mkdir(parents=True)
+    ann_dir.mkdir()
+    raw = {0: 1, 1: 11}  # easy class id -> VEDAI raw code (car, pickup)
+    rng = np.random.default_rng(seed)
+    for i in range(n_pairs):
+        bgr, ir, objects = draw_easy_obb(rng)
+        cv2.imwrite(str(img_dir / f"{i:08d}_co.png"), bgr)
+        cv2.imwrite(str(img_dir / f"{i:08d}_ir.png"), ir)
+        lines = []
+        for c, pts in objects:  # centre, angle, raw class, flags, then the corners' x and y
+            cx, cy = pts.mean(0)
+            lines.append(f"{cx:.6f} {cy:.6f} 0.0 {raw[c]} 1 0 " + " ".join(f"{v:.3f}" for v in (*pts[:, 0], *pts[:, 1])))
+        (ann_dir / f"{i:08d}.txt").write_text("\n".join(lines) + "\n")
+    for k in range(1, n_pairs // per_fold + 1):
+        test = [i for i in range(n_pairs) if i // per_fold == k - 1]
+        (ann_dir / f"fold{k:02d}.txt").write_text("".join(f"{i:08d}\n" for i in range(n_pairs) if i not in test))
+        (ann_dir / f"fold{k:02d}test.txt").write_text("".join(f"{i:08d}\n" for i in test))
+
+
+def test_obb_kfold_end_to_end(obb_trained, tmp_path_factory):
+    """The VEDAI k-fold protocol on oriented boxes as a user runs it: the official layout with turned vehicles,
+    converted with obb=True (corner labels), then `ghost train model=<OBB model> data=vedai-fold01.yaml folds=1-2`
+    trains every fold as an OBB run (W8, one epoch from the float OBB model) and folds.csv reports what they score."""
+    from ghost_yolo.cli import entrypoint
+    from ghost_yolo.data.vedai import convert_vedai
+    from ghost_yolo.engine.folds import folds_root
+
+    src = tmp_path_factory.mktemp("official-obb")
+    write_vedai_official_obb(src, n_pairs=12, per_fold=6)
+    save = tmp_path_factory.mktemp("converted-obb") / "vedai"
+    assert len(convert_vedai(src, save, obb=True)) == 2
+    label = next(p for p in sorted(save.rglob("*.txt")) if p.read_text().strip())
+    fields = label.read_text().split("\n")[0].split()
+    assert len(fields) == 9  # class and four corners
+    corners = np.array(fields[1:], dtype=float).reshape(4, 2)
+    sides = np.diff(np.vstack([corners, corners[:1]]), axis=0)
+    assert np.abs(sides).min() > 1e-3  # turned: no side runs along an image axis (random angles, seed 2)
+
+    best = obb_trained / "weights" / "best.pt"
+    project = tmp_path_factory.mktemp("obbfolds")
+    args = (f"imgsz={IMGSZ} epochs=1 bits=8 kd=none batch=4 workers=0 plots=False seed=0 deterministic=True "
+            "warmup_epochs=0 optimizer=AdamW lr0=0.001")
+    assert entrypoint(f"train model={best} data={save / 'vedai-fold01.yaml'} folds=1-2 {args} project={project} "
+                      "name=k") == 0
+    rows = read_csv(project / "k" / "folds.csv")
+    assert [r["fold"] for r in rows] == ["1", "2", "mean", "std"]
+    for r in rows[:2]:
+        run = Path(r["run"])
+        assert (run / "args.yaml").read_text().count("task: obb") == 1
+        assert float(r["mAP50"]) > 0, f"fold {r['fold']} learned nothing: folds.csv would compare zeros"
+        assert 7.5 < float(r["avg_bits"]) <= 8
+    assert folds_root(save / "vedai-fold01.yaml", task="obb").parts[-2:] == ("obb", "vedai-folds")
