@@ -98,6 +98,18 @@ def test_yaml_activation_reaches_band_convs():
     assert isinstance(_mid().model[IR].act, nn.SiLU)
 
 
+@pytest.mark.parametrize("act,cls", [("ReLU", nn.ReLU), (None, nn.SiLU)])
+def test_yaml_activation_reaches_dual_stem(act, cls):
+    """``act:`` applies to both streams of a dual-stream stem (built after Ultralytics' parse, like BandConv), so a
+    ReLU dual model has no SiLU left; the stem's attention gates keep their sigmoid."""
+    yaml = load_model_yaml("ghost-n-dual.yaml")
+    if act:
+        yaml["activation"] = f"nn.{act}()"
+    stem = GhostDetectionModel(yaml, ch=4, nc=2, verbose=False).model[0]
+    assert isinstance(stem.rgb.act, cls) and isinstance(stem.ir.act, cls)
+    assert isinstance(GhostDetectionModel(yaml, ch=4, nc=2, verbose=False).model[1].act, cls)
+
+
 def test_sizes_and_obb_variant():
     """Mid fusion costs a thinner second backbone: between early fusion and early fusion plus a full backbone; the
     OBB variant builds the OBB model with the same branches."""

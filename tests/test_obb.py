@@ -289,3 +289,18 @@ def test_obb_kfold_end_to_end(obb_trained, tmp_path_factory):
         assert float(r["mAP50"]) > 0, f"fold {r['fold']} learned nothing: folds.csv would compare zeros"
         assert 7.5 < float(r["avg_bits"]) <= 8
     assert folds_root(save / "vedai-fold01.yaml", task="obb").parts[-2:] == ("obb", "vedai-folds")
+
+
+def test_checkpoint_without_task_loads_as_obb(tmp_path):
+    """A checkpoint whose train_args lack ``task`` (saved by hand or by other tools) loads as an OBB model from its
+    head, where Ultralytics' guess would read the default args and say detect; a task the user names is kept."""
+    from ghost_yolo.engine.predictor import GhostOBBPredictor
+
+    path = tmp_path / "obb.pt"
+    torch.save({"model": GhostOBBModel("ghost-n-obb.yaml", ch=4, nc=3, verbose=False)}, path)
+    model = GhostYOLO(path)
+    assert model.task == "obb" and model.overrides["task"] == "obb"
+    assert model._smart_load("predictor") is GhostOBBPredictor
+    detect = tmp_path / "detect.pt"
+    torch.save({"model": GhostDetectionModel("ghost-n.yaml", ch=4, nc=3, verbose=False)}, detect)
+    assert GhostYOLO(detect).task == "detect"

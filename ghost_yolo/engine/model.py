@@ -114,7 +114,9 @@ class GhostYOLO(Model):
             openvino_metadata(weights)
             require_openvino()
         if Path(weights).suffix.lower() != ".ghost":
-            return super()._load(weights, task)
+            super()._load(weights, task)
+            self._task_from_head(task)
+            return None
         from ghost_yolo.export.packed import load_packed
 
         self.model = load_packed(weights)
@@ -123,6 +125,19 @@ class GhostYOLO(Model):
         self.overrides = self.model.args = self._reset_ckpt_args(self.model.args)
         self.overrides.update(model=str(weights), task=self.task)
         self.ckpt_path = self.model_name = str(weights)
+
+    def _task_from_head(self, task: str | None) -> None:
+        """A checkpoint whose train_args lack ``task`` loads as detect in Ultralytics whatever its head (its guess
+        reads the args first): take the task from the head, as for a YAML, unless the user named one."""
+        from ultralytics.nn.modules import OBB
+
+        if task or not isinstance(self.model, nn.Module):
+            return
+        head = "obb" if any(isinstance(m, OBB) for m in self.model.modules()) else self.task
+        if head != self.task:
+            self.task = self.model.task = self.overrides["task"] = head
+            if isinstance(getattr(self.model, "args", None), dict):
+                self.model.args["task"] = head
 
     @property
     def task_map(self) -> dict[str, dict[str, Any]]:

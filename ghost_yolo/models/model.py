@@ -85,8 +85,8 @@ class GhostDetectionModel(DetectionModel):
                 block = GHOST_MODULES[name](stand_in.conv.in_channels, stand_in.conv.out_channels, *args[1:])
             except ValueError as e:  # e.g. a fusion block on single-modality data: name the YAML
                 raise ValueError(f"{Path(yaml.get('yaml_file', 'model YAML')).name} layer {i}: {e}") from None
-            if isinstance(block, Conv):
-                block.act = stand_in.act  # the YAML's act: (Ultralytics sets it only while parsing)
+            for conv in (m for m in block.modules() if isinstance(m, Conv)):  # the block and the Convs inside it
+                conv.act = stand_in.act  # the YAML's act: (Ultralytics sets it only while parsing)
             block.i, block.f, block.type = stand_in.i, stand_in.f, f"ghost_yolo.nn.{name}"
             block.np = sum(p.numel() for p in block.parameters())
             self.model[i] = block
