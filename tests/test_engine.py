@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from copy import deepcopy
 from pathlib import Path
 
@@ -288,6 +289,7 @@ def test_cpu_training_uses_every_physical_core(synth_yaml, tmp_path, monkeypatch
     before = torch.get_num_threads()
     try:
         monkeypatch.setattr("ghost_yolo.utils.threads.user_omp_threads", lambda: "")  # as if started without it
+        monkeypatch.setattr("ghost_yolo.utils.threads.busy_cores", lambda: 0.0)  # as if nothing else ran
         torch.set_num_threads(1)
         GhostTrainer(overrides=base)
         assert torch.get_num_threads() == physical_cores()
@@ -299,3 +301,46 @@ def test_cpu_training_uses_every_physical_core(synth_yaml, tmp_path, monkeypatch
         assert torch.get_num_threads() == 1 and "CPU training on 1 thread (OMP_NUM_THREADS)" in log.text
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_training_leaves_busy_cores(monkeypatch):
+    """Cores that other processes keep busy are left to them (threads that share a core with a busy process stall
+    each other); at least one thread; threads= and OMP_NUM_THREADS still win."""
+    from ghost_yolo.utils import threads
+
+    monkeypatch.setattr(threads, "user_omp_threads", lambda: "")
+    monkeypatch.setattr(threads, "physical_cores", lambda: 4)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    for busy, want in ((0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (4.0, 1)):
+        monkeypatch.setattr(threads, "busy_cores", lambda b=busy: b)
+        n, why = threads.training_threads(0)
+        assert n == want, (busy, n)
+        assert ("other processes keep" in why) == (want < 4) and ("threads=4" in why) == (want < 4)
+    assert threads.training_threads(2) == (2, "threads=")
+    monkeypatch.setattr(threads, "user_omp_threads", lambda: "3")
+    assert threads.training_threads(0) == (3, "OMP_NUM_THREADS")
+
+
+def test_busy_cores_sees_a_busy_process():
+    """``busy_cores`` counts a process that spins on a core (it sleeps through its own sample)."""
+    import multiprocessing as mp
+
+    from ghost_yolo.utils.threads import busy_cores
+
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat")
+    p = mp.get_context("spawn").Process(target=_spin, args=(3.0,))
+    p.start()
+    try:
+        time.sleep(0.8)  # the spinner has started
+        busy = busy_cores(0.5)
+    finally:
+        p.join()
+    assert busy >= 0.6, busy  # one spinning core (other processes can only add to it)
+
+
+def _spin(seconds: float) -> None:
+    """Keep one core busy for ``seconds``."""
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
