@@ -15,7 +15,8 @@ With ``--obb`` the same is done on vedai-synth-obb with the OBB variants (``ghos
 (the float model at 32 bit; the HQ model at its searched widths). Paired differences (same seed, same data) of mAP50
 come with a t-based 95 % CI over the seeds and how many seeds the first arm is ahead in.
 
-Seeds run one after another, all arms of a seed before the next one, and the markdown (``--out``) is rewritten after
+Seeds run one after another, all arms of a seed before the next one (or one process per seed on the same
+``--workdir``: each merges its results into the shared fusion.json), and the markdown (``--out``) is rewritten after
 every run, so a run stopped early still reports every finished arm (``--report`` rewrites it from the finished runs
 alone). Finished runs in ``--workdir`` are reused. It exits 0 whatever the numbers: it is a benchmark, not a test.
 
@@ -260,7 +261,17 @@ def bench(args: argparse.Namespace) -> int:
     res = {k: v for k, v in res.items() if "error" not in v}  # a failed arm is tried again
 
     def save() -> None:
-        cache.write_text(json.dumps(res, indent=1))
+        """Merge this process's results into the cache under a lock: processes running other seeds in the same work
+        dir write theirs too, and each keeps the other's."""
+        import fcntl
+
+        with open(cache.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            theirs = json.loads(cache.read_text()) if cache.exists() else {}
+            res.update({k: v for k, v in theirs.items() if k not in res})
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            tmp.replace(cache)
         write_md(args.out, report(res, args, tasks))
 
     data = {"detect": subset(make_data(args.workdir, args.quick, args.imgsz), args.n_train)}
