@@ -310,7 +310,7 @@ def test_cpu_training_leaves_busy_cores(monkeypatch):
 
     monkeypatch.setattr(threads, "user_omp_threads", lambda: "")
     monkeypatch.setattr(threads, "physical_cores", lambda: 4)
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads, "_usable_cpus", lambda: 4)
     for busy, want in ((0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (4.0, 1)):
         monkeypatch.setattr(threads, "busy_cores", lambda b=busy: b)
         n, why = threads.training_threads(0)

@@ -45,8 +45,10 @@ def user_omp_threads() -> str:
 
 
 def busy_cores(seconds: float = 0.3) -> float:
-    """Logical CPUs that other processes kept busy over ``seconds`` (from ``/proc/stat``; this process sleeps through
-    the sample), as a count; 0.0 where the system does not tell."""
+    """Logical CPUs of this process's share that other processes kept busy over ``seconds``, as a count; 0.0 where the
+    system does not tell. ``/proc/stat`` counts the whole machine, so its busy fraction is applied to the CPUs this
+    process may run on (in a container pinned to 2 of 64 CPUs, a busy host does not read as 30 busy cores here); this
+    process sleeps through the sample."""
 
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:  # cpu  user nice system idle iowait irq softirq steal ...
@@ -60,7 +62,15 @@ def busy_cores(seconds: float = 0.3) -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     total = total1 - total0
-    return 0.0 if total <= 0 else max(0.0, 1 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+    return 0.0 if total <= 0 else max(0.0, 1 - (idle1 - idle0) / total) * _usable_cpus()
+
+
+def _usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask; all of them where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def training_threads(requested: int | None) -> tuple[int, str]:
@@ -72,7 +82,7 @@ def training_threads(requested: int | None) -> tuple[int, str]:
     if requested and int(requested) > 0:
         return int(requested), "threads="
     cores = physical_cores()
-    per_core = max(1, (os.cpu_count() or cores) // cores)  # SMT threads per physical core
+    per_core = max(1, _usable_cpus() // cores)  # SMT threads per physical core
     busy = busy_cores() / per_core
     idle = max(1, min(cores, round(cores - busy)))
     if idle < cores:
