@@ -143,7 +143,9 @@ def test_integer_graph_in_onnxruntime(tmp_path):
     assert ops.get("QLinearConcat", 0) >= 15 and ops.get("QLinearAdd", 0) >= 10
     assert ops.get("QuantizeLinear", 0) <= 12 and ops.get("DequantizeLinear", 0) <= 25
     head = f"/model.{len(model.model.model) - 1}/"
-    assert not [n.name for n in onnx.load(f).graph.node if n.op_type == "Softmax" and n.name.startswith(head)]
+    head_ops = [n.op_type for n in onnx.load(f).graph.node if n.name.startswith(head)]
+    assert "Softmax" not in head_ops
+    assert "ReduceMax" not in head_ops  # the box logits are bounded: the softmax needs no max-subtraction
     sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
     x = torch.rand(1, 4, IMGSZ, IMGSZ)
     y_ort = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
@@ -164,6 +166,41 @@ def test_export_decoding_equals_ultralytics_dfl():
     dfl = DFL(16)
     x = torch.randn(2, 64, 300) * 4
     assert torch.allclose(ExportDFL(dfl)(x), dfl(x), atol=1e-5)
+
+
+def test_decoding_drops_its_max_subtraction_only_where_the_box_logits_are_bounded():
+    """An integer head's box logits have exact bounds (8-bit input grid, integer weights): within +-SAFE_EXP the
+    softmax is computed without the max-subtraction and equals Ultralytics' DFL; a float head has no bound and keeps
+    it; a head whose bound exceeds SAFE_EXP keeps it too."""
+    from ultralytics.nn.modules import DFL
+
+    from ghost_yolo.export.decode import SAFE_EXP, ExportDFL, box_logit_bound, fast_decoding
+    from ghost_yolo.export.qdq import to_qdq
+
+    m = _relu_w4().eval()
+    assert box_logit_bound(m.model[-1]) is None
+    fused = deepcopy(m).float().fuse(verbose=False)
+    fast_decoding(fused)
+    assert fused.model[-1].dfl.stable  # before the Q/DQ swap nothing is known
+    to_qdq(fused, {})
+    bound = box_logit_bound(fused.model[-1])
+    assert 0 < bound <= SAFE_EXP
+    fast_decoding(fused)
+    assert not fused.model[-1].dfl.stable
+    # the bound is a true bound: logits computed by the head's last box convs on extreme inputs stay within it
+    conv = fused.model[-1].cv2[0][-1]
+    lo, hi = conv.output_bounds()
+    step, zero = conv.in_step, conv.in_zero
+    x = torch.where(torch.rand(64, conv.weight.shape[1], 1, 1) < 0.5, -zero * step, (255 - zero) * step)
+    y = torch.nn.functional.conv2d(x, conv.weight, conv.bias).squeeze()
+    assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
+    dfl = DFL(16)
+    x = (torch.rand(2, 64, 300) * 2 - 1) * SAFE_EXP
+    assert torch.allclose(ExportDFL(dfl, stable=False)(x), dfl(x), atol=1e-4)
+    for q in (fused.model[-1].cv2[0][-1],):  # a bound past SAFE_EXP: the guard comes back
+        q.bias = q.bias + 2 * SAFE_EXP
+    fast_decoding(fused)
+    assert fused.model[-1].dfl.stable
 
 
 RELU_EPOCHS = 6  # float epochs of the ReLU model from the SiLU fixture's weights (the same shapes)

@@ -126,6 +126,16 @@ class QDQConv(nn.Module):
         self.in_clip = None if levels == 255 else ((0 - self.in_zero) * self.in_step, (levels - self.in_zero) * self.in_step)
         self.out_q = out_q
 
+    @torch.no_grad()
+    def output_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per output channel, the least and greatest value this conv can write before its output grid: its input lies
+        on an 8-bit grid (clipped for sub-8-bit widths), so the extremes are exact sums over the integer weights."""
+        lo, hi = self.in_clip or ((0 - self.in_zero) * self.in_step, (255 - self.in_zero) * self.in_step)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # zero padding feeds zeros
+        w = self.weight.flatten(1)
+        bias = self.bias if self.bias is not None else torch.zeros(w.shape[0])
+        return torch.minimum(w * lo, w * hi).sum(1) + bias, torch.maximum(w * lo, w * hi).sum(1) + bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clip (sub-8-bit) -> Q/DQ input -> conv with DQ(int8 weight) -> Q/DQ output (block convs)."""
         if self.in_clip is not None:
