@@ -33,6 +33,7 @@ import json
 import os
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -260,13 +261,19 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     res = {k: v for k, v in res.items() if "error" not in v}  # a failed arm is tried again
 
-    def save() -> None:
-        """Merge this process's results into the cache under a lock: processes running other seeds in the same work
-        dir write theirs too, and each keeps the other's."""
+    @contextmanager
+    def locked():
+        """The work dir to this process alone: processes running other seeds there share its data and cache."""
         import fcntl
 
         with open(cache.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def save() -> None:
+        """Merge this process's results into the cache under the lock: processes running other seeds in the same work
+        dir write theirs too, and each keeps the other's."""
+        with locked():
             theirs = json.loads(cache.read_text()) if cache.exists() else {}
             res.update({k: v for k, v in theirs.items() if k not in res})
             tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -274,10 +281,11 @@ def bench(args: argparse.Namespace) -> int:
             tmp.replace(cache)
         write_md(args.out, report(res, args, tasks))
 
-    data = {"detect": subset(make_data(args.workdir, args.quick, args.imgsz), args.n_train)}
+    with locked():  # the first process generates the data sets, the others wait and reuse them
+        data = {"detect": subset(make_data(args.workdir, args.quick, args.imgsz), args.n_train)}
+        if "obb" in tasks:
+            data["obb"] = subset(make_obb_data(args.workdir, args.quick, args.imgsz), args.n_train)
     for task in tasks:
-        if task == "obb":
-            data[task] = subset(make_obb_data(args.workdir, args.quick, args.imgsz), args.n_train)
         for seed in args.seeds:
             run_seed(task, data[task], seed, args, res, save)
     save()
