@@ -3,6 +3,7 @@ HQ + QAT with self-distillation, integer ONNX and .ghost parity, predict) on the
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from pathlib import Path
@@ -169,7 +170,7 @@ def test_obb_float_and_quantized_learn(obb_trained, obb_qtrained):
 
 
 def test_obb_integer_onnx_packed_and_predict(obb_qtrained, easy_obb_yaml, tmp_path):
-    """The quantized OBB model exports to integer QDQ ONNX and .ghost; both score as PyTorch on the same inputs;
+    """The quantized OBB model exports to integer QDQ ONNX, .ghost and OpenVINO; all score as PyTorch on the same inputs;
     predict gives Results.obb and writes polygon label lines."""
     best = obb_qtrained / "weights" / "best.pt"
     kw = dict(data=str(easy_obb_yaml), imgsz=IMGSZ, batch=1, plots=False, rect=False, project=str(tmp_path))
@@ -190,6 +191,12 @@ def test_obb_integer_onnx_packed_and_predict(obb_qtrained, easy_obb_yaml, tmp_pa
     assert gm.task == "obb"
     pk = gm.val(name="packed", **kw)
     assert abs(pk.box.map50 - pt.box.map50) <= 0.003
+    if importlib.util.find_spec("openvino") is not None:  # the same integer graph in OpenVINO, its convs in int8
+        folder = GhostYOLO(best).export(format="openvino", imgsz=IMGSZ, data=str(easy_obb_yaml))
+        om = GhostYOLO(folder)
+        assert om.task == "obb"
+        ov = om.val(name="openvino", **kw)
+        assert abs(ov.box.map50 - pt.box.map50) <= 0.006  # OpenVINO's requantization order: test_openvino.OV_MAP_TOL
     res = GhostYOLO(best).predict(str(easy_obb_yaml.parent / "images" / "val"), imgsz=IMGSZ, save=True,
                                   save_txt=True, project=str(tmp_path), name="pred", exist_ok=True)
     assert res[0].obb is not None and res[0].boxes is None and res[0].obb.xywhr.shape[-1] == 5

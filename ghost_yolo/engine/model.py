@@ -108,11 +108,13 @@ class GhostYOLO(Model):
     def _load(self, weights: str, task: str | None = None) -> None:
         """Load ``.pt``/``.onnx``/``_openvino_model/`` like Ultralytics (an OpenVINO folder only with the metadata that
         says its input channels), and packed ``.ghost`` checkpoints into an equivalent fused model."""
-        from ghost_yolo.export.openvino import is_openvino_model, openvino_metadata, require_openvino
+        from ghost_yolo.export.openvino import (ghost_openvino_backend, is_openvino_model, openvino_metadata,
+                                                require_openvino)
 
         if is_openvino_model(weights):
             openvino_metadata(weights)
             require_openvino()
+            ghost_openvino_backend()  # integer exports: the float layers in f32 (not bf16) for val and predict
         if Path(weights).suffix.lower() != ".ghost":
             super()._load(weights, task)
             self._task_from_head(task)

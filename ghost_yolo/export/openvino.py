@@ -10,7 +10,10 @@ Weights are saved as they are (``compress_to_fp16=False``); the IR sits in ``<st
 
 Float models take Ultralytics' own OpenVINO export (it traces 4-channel models as they are), with the same metadata.
 Ultralytics' ``AutoBackend`` runs the folder for ``val`` and ``predict``; ``openvino_metadata`` is what ``GhostYOLO``
-reads (and refuses without) when it loads one.
+reads (and refuses without) when it loads one. For ghost's integer exports it runs through ``GhostOpenVINOBackend``:
+the CPU plugin's default on CPUs with native bf16 computes the float layers left around the int8 convolutions (the box
+decoding, the attention block) in bf16, whose 8-bit mantissa moves box coordinates by several pixels at 640 px; those
+few layers are compiled in f32 instead, as the exported graph computes them (and as the latency benchmark times them).
 """
 
 from __future__ import annotations
@@ -38,6 +41,37 @@ def require_openvino() -> Any:
     except ImportError as e:
         raise ModuleNotFoundError(f"OpenVINO is not installed: {INSTALL}", name="openvino") from e
     return openvino
+
+
+def ghost_openvino_backend() -> type:
+    """Ultralytics' OpenVINO backend, compiling ghost's integer exports with f32 float layers; registered with
+    ``AutoBackend`` (for every ``openvino`` model it loads: other models compile exactly as before)."""
+    from functools import partial
+
+    from ultralytics.nn.autobackend import AutoBackend
+    from ultralytics.nn.backends.openvino import OpenVINOBackend
+
+    class GhostOpenVINOBackend(OpenVINOBackend):
+        """``OpenVINOBackend`` with ``INFERENCE_PRECISION_HINT=f32`` on CPU for models whose metadata says
+        ``quantized`` (ghost's integer exports): their convolutions run in int8 either way."""
+
+        def load_model(self, weight: str | Path) -> None:
+            """Ultralytics' loading; a ghost integer model on CPU is then compiled again with the f32 hint."""
+            super().load_model(weight)
+            kw = self.compile_model.keywords
+            config = kw.get("config") or {}
+            if not self.metadata.get("quantized") or kw.get("device_name") != "CPU" or \
+                    "INFERENCE_PRECISION_HINT" in config:
+                return
+            self.compile_model = partial(self.compile_model.func, device_name="CPU",
+                                         config={**config, "INFERENCE_PRECISION_HINT": "f32"})
+            xml = Path(weight) if Path(weight).is_file() else next(Path(weight).glob("*.xml"))
+            self.ov_compiled_model = self.compile_model(self.ov.Core().read_model(str(xml), xml.with_suffix(".bin")))
+
+    current = AutoBackend._BACKEND_MAP.get("openvino")
+    if not (isinstance(current, type) and current.__name__ == "GhostOpenVINOBackend"):
+        AutoBackend._BACKEND_MAP["openvino"] = GhostOpenVINOBackend
+    return AutoBackend._BACKEND_MAP["openvino"]
 
 
 def is_openvino_model(path: str | Path) -> bool:
