@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nominal batch size: Ultralytics steps the optimizer every nbs/batch batches (64)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (0 1 2)")
     p.add_argument("--obb", action="store_true", help="also the OBB variants on vedai-synth-obb (after detect)")
+    p.add_argument("--obb-only", action="store_true",
+                   help="train only the OBB variants (another process may run the detect ones); implies --obb")
     p.add_argument("--report", action="store_true", help="only rewrite --out from the finished runs in --workdir")
     add_run_options(p, out="benchmarks/results/fusion.md",
                     workdir_help="data and runs go here, finished runs are reused (default: temporary)")
@@ -254,7 +256,7 @@ def bench(args: argparse.Namespace) -> int:
     banner("fusion", args.workdir)
     cache = args.workdir / "fusion.json"
     res = json.loads(cache.read_text()) if cache.exists() else {}
-    tasks = ["detect", "obb"] if args.obb else ["detect"]
+    tasks = ["detect", "obb"] if args.obb or args.obb_only else ["detect"]
     if args.report:
         write_md(args.out, report(res, args, tasks))
         print(f"{args.out} rewritten from {cache}")
@@ -286,6 +288,8 @@ def bench(args: argparse.Namespace) -> int:
         if "obb" in tasks:
             data["obb"] = subset(make_obb_data(args.workdir, args.quick, args.imgsz), args.n_train)
     for task in tasks:
+        if task == "detect" and args.obb_only:
+            continue
         for seed in args.seeds:
             run_seed(task, data[task], seed, args, res, save)
     save()
