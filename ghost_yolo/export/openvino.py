@@ -21,10 +21,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ultralytics.engine.exporter import try_export
+from ultralytics.nn.backends.openvino import OpenVINOBackend
 from ultralytics.utils import LOGGER, YAML, colorstr
 
 from ghost_yolo.export.exporter import ExportJob, GhostExporter, export_ultralytics, register_export_format
@@ -43,35 +45,29 @@ def require_openvino() -> Any:
     return openvino
 
 
-def ghost_openvino_backend() -> type:
-    """Ultralytics' OpenVINO backend, compiling ghost's integer exports with f32 float layers; registered with
-    ``AutoBackend`` (for every ``openvino`` model it loads: other models compile exactly as before)."""
-    from functools import partial
+class GhostOpenVINOBackend(OpenVINOBackend):
+    """Ultralytics' ``OpenVINOBackend`` with ``INFERENCE_PRECISION_HINT=f32`` on CPU for models whose metadata says
+    ``quantized`` (ghost's integer exports: their convolutions run in int8 either way); others load unchanged."""
 
+    def load_model(self, weight: str | Path) -> None:
+        """Ultralytics' loading; a ghost integer model on CPU is then compiled again with the f32 hint."""
+        super().load_model(weight)
+        kw = self.compile_model.keywords
+        config = kw.get("config") or {}
+        if not self.metadata.get("quantized") or kw.get("device_name") != "CPU" or "INFERENCE_PRECISION_HINT" in config:
+            return
+        self.compile_model = partial(self.compile_model.func, device_name="CPU",
+                                     config={**config, "INFERENCE_PRECISION_HINT": "f32"})
+        xml = Path(weight) if Path(weight).is_file() else next(Path(weight).glob("*.xml"))
+        self.ov_compiled_model = self.compile_model(self.ov.Core().read_model(str(xml), xml.with_suffix(".bin")))
+
+
+def ghost_openvino_backend() -> type[GhostOpenVINOBackend]:
+    """Register ``GhostOpenVINOBackend`` as ``AutoBackend``'s OpenVINO backend (idempotent) and return it."""
     from ultralytics.nn.autobackend import AutoBackend
-    from ultralytics.nn.backends.openvino import OpenVINOBackend
 
-    class GhostOpenVINOBackend(OpenVINOBackend):
-        """``OpenVINOBackend`` with ``INFERENCE_PRECISION_HINT=f32`` on CPU for models whose metadata says
-        ``quantized`` (ghost's integer exports): their convolutions run in int8 either way."""
-
-        def load_model(self, weight: str | Path) -> None:
-            """Ultralytics' loading; a ghost integer model on CPU is then compiled again with the f32 hint."""
-            super().load_model(weight)
-            kw = self.compile_model.keywords
-            config = kw.get("config") or {}
-            if not self.metadata.get("quantized") or kw.get("device_name") != "CPU" or \
-                    "INFERENCE_PRECISION_HINT" in config:
-                return
-            self.compile_model = partial(self.compile_model.func, device_name="CPU",
-                                         config={**config, "INFERENCE_PRECISION_HINT": "f32"})
-            xml = Path(weight) if Path(weight).is_file() else next(Path(weight).glob("*.xml"))
-            self.ov_compiled_model = self.compile_model(self.ov.Core().read_model(str(xml), xml.with_suffix(".bin")))
-
-    current = AutoBackend._BACKEND_MAP.get("openvino")
-    if not (isinstance(current, type) and current.__name__ == "GhostOpenVINOBackend"):
-        AutoBackend._BACKEND_MAP["openvino"] = GhostOpenVINOBackend
-    return AutoBackend._BACKEND_MAP["openvino"]
+    AutoBackend._BACKEND_MAP["openvino"] = GhostOpenVINOBackend
+    return GhostOpenVINOBackend
 
 
 def is_openvino_model(path: str | Path) -> bool:
