@@ -197,6 +197,7 @@ def test_decoding_drops_its_max_subtraction_only_where_the_box_logits_are_bounde
     dfl = DFL(16)
     x = (torch.rand(2, 64, 300) * 2 - 1) * SAFE_EXP
     assert torch.allclose(ExportDFL(dfl, stable=False)(x), dfl(x), atol=1e-4)
+    assert torch.isfinite(ExportDFL(dfl, stable=False)(x.half())).all()  # half precision keeps the guard
     for q in (fused.model[-1].cv2[0][-1],):  # a bound past SAFE_EXP: the guard comes back
         q.bias = q.bias + 2 * SAFE_EXP
     fast_decoding(fused)

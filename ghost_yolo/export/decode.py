@@ -41,7 +41,8 @@ class ExportDFL(nn.Module):
         """``(b, 4 * c1, a) -> (b, 4, a)``: the expected bin per box side."""
         b, _, a = x.shape
         x = x.view(b, 4, self.c1, a)
-        e = (x - x.amax(2, keepdim=True)).exp() if self.stable else x.exp()
+        guard = self.stable or x.dtype != torch.float32  # the bound is for float32's range (fp16 overflows at e^11)
+        e = (x - x.amax(2, keepdim=True)).exp() if guard else x.exp()
         return (e * self.bins.to(e.dtype)).sum(2) / e.sum(2)
 
 
