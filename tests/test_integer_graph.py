@@ -194,12 +194,13 @@ def test_decoding_drops_its_max_subtraction_only_where_the_box_logits_are_bounde
     x = torch.where(torch.rand(64, conv.weight.shape[1], 1, 1) < 0.5, -zero * step, (255 - zero) * step)
     y = torch.nn.functional.conv2d(x, conv.weight, conv.bias).squeeze()
     assert (y >= lo - 1e-4).all() and (y <= hi + 1e-4).all()
+    top = torch.where(conv.weight[0] > 0, (255 - zero) * step, -zero * step)[None]  # the input that reaches it
+    assert torch.nn.functional.conv2d(top, conv.weight, conv.bias)[0, 0].item() == pytest.approx(hi[0].item(), abs=1e-4)
     dfl = DFL(16)
     x = (torch.rand(2, 64, 300) * 2 - 1) * SAFE_EXP
     assert torch.allclose(ExportDFL(dfl, stable=False)(x), dfl(x), atol=1e-4)
     assert torch.isfinite(ExportDFL(dfl, stable=False)(x.half())).all()  # half precision keeps the guard
-    for q in (fused.model[-1].cv2[0][-1],):  # a bound past SAFE_EXP: the guard comes back
-        q.bias = q.bias + 2 * SAFE_EXP
+    conv.bias = conv.bias + 2 * SAFE_EXP  # a bound past SAFE_EXP: the guard comes back
     fast_decoding(fused)
     assert fused.model[-1].dfl.stable
 
