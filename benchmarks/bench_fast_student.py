@@ -41,7 +41,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import bench_selfteach
-from bench_selfteach import WIDTHS, converged_float, evaluate, make_data, train
+from bench_selfteach import WIDTHS, converged_float, evaluate, float_record, make_data, train
 from common import RESULTS, ahead, cpu_class, cpu_name, md_table, paired, run_main
 
 CACHE = RESULTS / "fast_student_runs.jsonl"
@@ -115,12 +115,7 @@ def seeded_float(work: Path, small: Path, full: Path, name: str, silu: Path, see
     source = {"model": str(silu)} if model == FAMILIES["silu"] else {"model": model, "pretrained": str(silu)}
     train(source.pop("model"), full.with_name("data-val200.yaml"), work / "fp", cached, bits=32, kd="none", seed=seed,
           epochs=EXTRA_EPOCHS, patience=SETTINGS["fp_patience"], val=True, close_mosaic=5, threads=THREADS, **source)
-    rows = (run / "results.csv").read_text().strip().splitlines()
-    head = rows[0].split(",")
-    maps = [float(r.split(",")[head.index("metrics/mAP50(B)")]) for r in rows[1:]]
-    rec = {"epochs_run": len(rows) - 1, "best_epoch": 1 + max(range(len(maps)), key=maps.__getitem__),
-           **evaluate(run / "weights" / "best.pt", full), "minutes": round((time.time() - t0) / 60, 1),
-           "seeded_from": "silu", "seed": seed}
+    rec = {**float_record(run, full, t0), "seeded_from": "silu", "seed": seed}
     rec_file.write_text(json.dumps(rec))
     return run / "weights" / "best.pt", rec
 

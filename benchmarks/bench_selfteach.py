@@ -136,14 +136,19 @@ def converged_float(work: Path, small: Path, full: Path, model: str = SETTINGS["
     val200 = full.with_name("data-val200.yaml")  # stopping is judged on 200 val pairs (every epoch), the record on all
     train(model, val200, work / "fp", name, bits=32, kd="none", seed=0,
           epochs=SETTINGS["fp_max_epochs"], patience=SETTINGS["fp_patience"], val=True, close_mosaic=5, **kw)
-    rows = (run / "results.csv").read_text().strip().splitlines()
-    ev = evaluate(run / "weights" / "best.pt", full)
-    rec = {"epochs_run": len(rows) - 1, "best_epoch": None, **ev, "minutes": round((time.time() - t0) / 60, 1)}
-    head = rows[0].split(",")
-    maps = [float(r.split(",")[head.index("metrics/mAP50(B)")]) for r in rows[1:]]
-    rec["best_epoch"] = 1 + max(range(len(maps)), key=maps.__getitem__)
+    rec = float_record(run, full, t0)
     rec_file.write_text(json.dumps(rec))
     return run / "weights" / "best.pt", rec
+
+
+def float_record(run: Path, full: Path, t0: float) -> dict:
+    """The record of a finished float run: epochs run, the epoch of best val mAP50, its best.pt on the full val split,
+    minutes since ``t0``."""
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    head = rows[0].split(",")
+    maps = [float(r.split(",")[head.index("metrics/mAP50(B)")]) for r in rows[1:]]
+    return {"epochs_run": len(rows) - 1, "best_epoch": 1 + max(range(len(maps)), key=maps.__getitem__),
+            **evaluate(run / "weights" / "best.pt", full), "minutes": round((time.time() - t0) / 60, 1)}
 
 
 # Runs and the cache --------------------------------------------------------------------------------------------------
