@@ -175,9 +175,12 @@ def test_integer_exports_compile_their_float_layers_in_f32(ov_int, trained, tmp_
 
 
 def test_openvino_errors(ov_int, qtrained, tmp_path, log, monkeypatch):
-    """No openvino package, a folder without metadata.yaml or without channels: one line saying what to do."""
+    """No openvino package, a folder without metadata.yaml or without channels, val without data=: one line saying
+    what to do (without data= it would fall back to Ultralytics' default set and try to download it)."""
     folder, _ = ov_int
     pt = qtrained / "weights" / "best.pt"
+    assert entrypoint(f"val model={folder} imgsz={IMGSZ}") == 2
+    assert f"validating {folder} needs data=your.yaml" in log.text
     bare = tmp_path / "bare_openvino_model"
     shutil.copytree(folder, bare)
     (bare / "metadata.yaml").unlink()

@@ -209,6 +209,9 @@ class GhostYOLO(Model):
 
     def val(self, validator: Any = None, **kwargs: Any):
         """Validate on paired data in the model's own modality; ``as_float=True``: the co-trained float self."""
+        if not isinstance(self.model, nn.Module) and not kwargs.get("data") and not self.overrides.get("data"):
+            raise ValueError(f"validating {self.model} needs data=your.yaml: an exported model does not carry the data "
+                             "it was trained on (its export printed the full 'ghost val ... data=...' command)")
         if not kwargs.get("modality") and (ch := self.channels):
             kwargs["modality"] = modality_for_channels(ch)
         with self._which_model(kwargs.pop("as_float", False), "evaluating"):
