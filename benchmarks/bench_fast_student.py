@@ -14,6 +14,12 @@ Arms:
                 EXTRA_EPOCHS more float epochs with ReLU), plain QAT: the route a user with a SiLU model takes
   silu-extra    the SiLU model trained EXTRA_EPOCHS more float epochs the same way, plain QAT: relu-seeded's control
                 at the same float epochs
+  relu-anneal   relu-seeded with ``act_anneal=ANNEAL_EPOCHS``: its activations slide from SiLU to ReLU over the first
+                epochs of the seeded float training instead of switching at once
+
+A float set (``--float-set TAG``) trains every float start again (on another machine, whose CPU numerics differ, the
+same seeds give other float models) and keeps its runs apart: its float records in ``fast_student_float_TAG.json``,
+``float_set`` in each run's settings, its report in ``fast_student_TAG.md``.
 
 Every finished (arm, width, seed) run is appended to ``benchmarks/results/fast_student_runs.jsonl`` with its settings,
 so the benchmark resumes where it stopped (across sessions: the file is committed), and ``--report`` rewrites
@@ -24,6 +30,7 @@ Usage:
     python benchmarks/bench_fast_student.py --widths W8 HQ --seeds 0 1 2 3 4 5
     python benchmarks/bench_fast_student.py --arms relu-seeded silu-extra --seeds 0 1 2 3 4 5
     python benchmarks/bench_fast_student.py --float-seeds 1 2     # the seeded float starts again, for the gap's spread
+    python benchmarks/bench_fast_student.py --float-set avx2 --arms silu-extra relu-seeded relu-anneal --float-seeds 0 1 2
     python benchmarks/bench_fast_student.py --report
 """
 
@@ -58,12 +65,15 @@ REGIME_A = dict(bench_selfteach.SETTINGS)  # its own sizes, before main() sets o
 SETTINGS = {**REGIME_A, **SIZE}
 FAMILIES = {"silu": "ghost-n.yaml", "relu": "ghost-n-relu.yaml"}
 # float starts trained on from the converged SiLU model's weights: name -> model YAML
-SEEDED = {"relu-seeded": "ghost-n-relu.yaml", "silu-extra": "ghost-n.yaml"}
+SEEDED = {"relu-seeded": "ghost-n-relu.yaml", "silu-extra": "ghost-n.yaml", "relu-anneal": "ghost-n-relu.yaml"}
+ANNEAL_EPOCHS = 10  # relu-anneal: SiLU -> ReLU over the first third of the seeded float training
+SEEDED_KEYS = {"relu-anneal": {"act_anneal": ANNEAL_EPOCHS}}  # training keys a seeded start adds
 EXTRA_EPOCHS = 30  # the seeded float fine-tunes' cap (Ultralytics' patience stops them earlier)
 KD = "cls+dfl"
 # arm -> (student float start, teacher float start or None)
 ARMS = {"silu-none": ("silu", None), "relu-none": ("relu", None), "relu-teacher": ("relu", "silu"),
-        "relu-seeded": ("relu-seeded", None), "silu-extra": ("silu-extra", None)}
+        "relu-seeded": ("relu-seeded", None), "silu-extra": ("silu-extra", None),
+        "relu-anneal": ("relu-anneal", None)}
 # fixed settings of every run (part of each cache record): regime A's, the families and the distillation losses
 FIELDS = ("imgsz", "n_train", "n_val", "batch", "q_epochs", "fp_max_epochs", "fp_patience", "data_seed")
 RUN_SETTINGS = {**{k: SETTINGS[k] for k in FIELDS}, "families": FAMILIES, "kd": KD, "threads": THREADS}
@@ -74,7 +84,10 @@ COMPARISONS = (("ReLU, plain QAT - SiLU", "relu-none", "silu-none", True),
                ("ReLU seeded from SiLU - SiLU (fewer float epochs: not the target's comparison)", "relu-seeded",
                 "silu-none", False),
                ("ReLU seeded from SiLU - SiLU, same float epochs", "relu-seeded", "silu-extra", True),
-               ("SiLU, more float epochs - SiLU", "silu-extra", "silu-none", False))
+               ("SiLU, more float epochs - SiLU", "silu-extra", "silu-none", False),
+               ("ReLU annealed from SiLU - SiLU, same float epochs", "relu-anneal", "silu-extra", True),
+               ("ReLU annealed from SiLU - ReLU seeded from SiLU", "relu-anneal", "relu-seeded", False))
+FLOAT_SET = ""  # --float-set: "" is the set the committed runs of fast_student.md started from
 TARGET = -1.0
 
 
@@ -99,7 +112,9 @@ def start_yaml(name: str) -> str:
     """How a float start was built, for the report: its YAML, and where it was seeded from."""
     if name in FAMILIES:
         return FAMILIES[name]
-    return f"{SEEDED[re.sub(r'-s[0-9]+$', '', name)]}, from the silu weights"
+    base = re.sub(r'-s[0-9]+$', '', name)
+    keys = "".join(f", {k}={v}" for k, v in SEEDED_KEYS.get(base, {}).items())
+    return f"{SEEDED[base]}, from the silu weights{keys}"
 
 
 def seeded_float(work: Path, small: Path, full: Path, name: str, silu: Path, seed: int = 0) -> tuple[Path, dict]:
@@ -114,8 +129,11 @@ def seeded_float(work: Path, small: Path, full: Path, name: str, silu: Path, see
     model = SEEDED[name]
     source = {"model": str(silu)} if model == FAMILIES["silu"] else {"model": model, "pretrained": str(silu)}
     train(source.pop("model"), full.with_name("data-val200.yaml"), work / "fp", cached, bits=32, kd="none", seed=seed,
-          epochs=EXTRA_EPOCHS, patience=SETTINGS["fp_patience"], val=True, close_mosaic=5, threads=THREADS, **source)
+          epochs=EXTRA_EPOCHS, patience=SETTINGS["fp_patience"], val=True, close_mosaic=5, threads=THREADS, **source,
+          **SEEDED_KEYS.get(name, {}))
     rec = {**float_record(run, full, t0), "seeded_from": "silu", "seed": seed}
+    if FLOAT_SET:  # a float set records where its floats were trained
+        rec.update(cpu=cpu_name(), cpu_class=cpu_class())
     rec_file.write_text(json.dumps(rec))
     return run / "weights" / "best.pt", rec
 
@@ -194,14 +212,16 @@ def report(records: list[dict], floats: dict) -> str:
                       f"{rs['map50']:.1f}: the first schedule's float models were far from converged, and at equal float epochs the ReLU float model trails the SiLU one by "
                       f"{ex['map50'] - rs['map50']:.1f} points. relu-seeded is the route a user with a SiLU model "
                       "takes; silu-extra is its control at the same float epochs.", ""]
-            gaps = [floats[float_name("silu-extra", k)]["map50"] - floats[float_name("relu-seeded", k)]["map50"]
-                    for k in range(100) if {float_name("silu-extra", k), float_name("relu-seeded", k)} <= set(floats)]
+        for ref, arm, what in (("silu-extra", "relu-seeded", "The float gap itself"),
+                               ("silu-extra", "relu-anneal", "The annealed ReLU float model's gap"),
+                               ("relu-seeded", "relu-anneal", "Annealing against switching at once")):
+            gaps = [floats[float_name(ref, k)]["map50"] - floats[float_name(arm, k)]["map50"]
+                    for k in range(100) if {float_name(ref, k), float_name(arm, k)} <= set(floats)]
             if len(gaps) > 1:
                 mean, lo, hi = paired(gaps)
-                lines += [f"The float gap itself over {len(gaps)} training seeds of both seeded starts "
-                          f"(-s<seed> rows; seed 0 is the start the QAT arms use): SiLU - ReLU "
-                          f"**{mean:+.2f} [{lo:+.1f}, {hi:+.1f}]** mAP50, the SiLU model ahead in "
-                          f"{sum(g > 0 for g in gaps)} of {len(gaps)}.", ""]
+                lines += [f"{what} over {len(gaps)} training seeds of the seeded starts (-s<seed> rows; seed 0 is "
+                          f"the start the QAT arms use): {ref} - {arm} **{mean:+.2f} [{lo:+.1f}, {hi:+.1f}]** mAP50, "
+                          f"{ref} ahead in {sum(g > 0 for g in gaps)} of {len(gaps)}.", ""]
     lines += [f"Difference: mean over seeds of (arm - reference) in mAP50 points with a t-based 95 % CI; ahead: seeds "
               "where the arm beats the reference; less the float models' gap: the difference minus the gap between "
               "the two arms' float starts, i.e. what quantization and its fine-tune add to the gap the float models "
@@ -242,10 +262,27 @@ def report(records: list[dict], floats: dict) -> str:
     return "\n".join(lines)
 
 
+def use_float_set(tag: str) -> None:
+    """Point the float records, the run settings and the report at float set ``tag`` ("": the committed one)."""
+    global FLOAT_SET, FLOATS, REPORT
+    FLOAT_SET = tag
+    if tag:
+        FLOATS, REPORT = RESULTS / f"fast_student_float_{tag}.json", RESULTS / f"fast_student_{tag}.md"
+        RUN_SETTINGS["float_set"] = tag
+
+
 def write_report() -> None:
-    """Rewrite fast_student.md from the cache."""
+    """Rewrite the float set's report from the cache (its runs only)."""
     floats = json.loads(FLOATS.read_text()) if FLOATS.exists() else {}
-    REPORT.write_text(report(load_cache(), floats).rstrip() + "\n")
+    records = [r for r in load_cache() if r["settings"].get("float_set", "") == FLOAT_SET]
+    text = report(records, floats)
+    if FLOAT_SET:
+        cpus = ", ".join(sorted({f"{r['cpu']} ({r['cpu_class']})" for r in floats.values() if "cpu" in r}))
+        head, _, rest = text.partition("\n\n")
+        text = (f"{head}\n\nFloat set '{FLOAT_SET}': every float start trained again on {cpus or 'this machine'} "
+                f"(the same recipe and seeds as fast_student.md; CPU numerics differ between machines, so these are "
+                f"other float models and their runs are compared only with each other).\n\n{rest}")
+    REPORT.write_text(text.rstrip() + "\n")
     print(REPORT.read_text())
 
 
@@ -259,18 +296,24 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "ghost-yolo-bench")) / "fast-student")
     p.add_argument("--report", action="store_true", help="only rewrite fast_student.md from the cache")
     p.add_argument("--float-seeds", nargs="+", type=int, default=[],
-                   help="only train the seeded float starts (relu-seeded, silu-extra) with these training seeds, for "
-                        "the float gap's spread")
+                   help="only train the seeded float starts of --arms (relu-seeded, silu-extra, relu-anneal) with "
+                        "these training seeds, for the float gap's spread")
+    p.add_argument("--float-set", default="", help="train every float start again under this tag and keep its runs "
+                                                   "and report apart (another machine)")
     a = p.parse_args(argv)
+    use_float_set(a.float_set)
     if a.report:
         write_report()
         return 0
     a.work = a.work / "-".join(f"{k}{v}" for k, v in SIZE.items())  # converged floats are cached by name only
+    a.work = a.work / a.float_set if a.float_set else a.work
     a.work.mkdir(parents=True, exist_ok=True)
     bench_selfteach.SETTINGS.update(SIZE)  # its data, training and evaluation helpers read their sizes from there
     full, small = make_data(a.work)
-    floats = {fam: converged_float(a.work, small, full, model, threads=THREADS) for fam, model in FAMILIES.items()}
-    for name in sorted({ARMS[arm][0] for arm in a.arms} & set(SEEDED) if not a.float_seeds else set(SEEDED)):
+    starts = {ARMS[arm][0] for arm in a.arms}  # the SiLU float model always: the seeded starts grow from it
+    floats = {fam: converged_float(a.work, small, full, model, threads=THREADS) for fam, model in FAMILIES.items()
+              if fam == "silu" or fam in starts}
+    for name in sorted(starts & set(SEEDED)):
         for seed in a.float_seeds or [0]:
             floats[float_name(name, seed)] = seeded_float(a.work, small, full, name, floats["silu"][0], seed)
     recorded = json.loads(FLOATS.read_text()) if FLOATS.exists() else {}

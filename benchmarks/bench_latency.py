@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import (RESULTS, add_run_options, banner, base_parser, cpu_class, cpu_name, load_text, md_table, round_ratios,
-                    run_in_work_dir, run_main, timed_rounds, vedai_synth, write_md)
+from common import (RESULTS, add_run_options, banner, base_parser, class_slug, cpu_class, cpu_name, load_text, md_table,
+                    round_ratios, run_in_work_dir, run_main, timed_rounds, vedai_synth, write_md)
 
 from ghost_yolo import GhostYOLO
 
@@ -66,9 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=30, help="interleaved rounds per size and thread count (30)")
     p.add_argument("--profile-runs", type=int, default=20, help="profiled runs per model for the op shares (20)")
     p.add_argument("--openvino", action="store_true", help="time the same files in OpenVINO too (needs openvino)")
-    add_run_options(p, out=str(RESULTS / "latency.md"), out_help="markdown tables",
+    add_run_options(p, out="", out_help="markdown tables (default: benchmarks/results/latency_<CPU class>.md, e.g. "
+                    "latency_avx2.md: runtimes pick their kernels by the CPU, so each class keeps its own file)",
                     workdir_help="models and data (default: a temporary directory)", threads=False)
     a = p.parse_args(argv)
+    # a smoke run never overwrites the results file
+    a.out = a.out or (Path(tempfile.gettempdir()) if a.quick else RESULTS) / f"latency_{class_slug()}.md"
     if a.quick:
         a.sizes, a.threads, a.rounds, a.profile_runs, a.arms = [128], [2], 5, 3, ["float", "W8"]
     return a

@@ -108,6 +108,11 @@ def cpu_class() -> str:
     return isa + ("+bf16" if {"avx512_bf16", "amx_bf16"} & flags else "")
 
 
+def class_slug() -> str:
+    """``cpu_class()`` as a file-name part: 'AVX512-VNNI+bf16' -> 'avx512-vnni-bf16', 'AVX2' -> 'avx2'."""
+    return cpu_class().lower().replace("+", "-")
+
+
 def cpu_times() -> tuple[float, float, float] | None:
     """(busy, steal, total) jiffies of all CPUs from /proc/stat, None where unavailable."""
     try:

@@ -196,7 +196,7 @@ def test_obb_integer_onnx_packed_and_predict(obb_qtrained, easy_obb_yaml, tmp_pa
         om = GhostYOLO(folder)
         assert om.task == "obb"
         ov = om.val(name="openvino", **kw)
-        assert abs(ov.box.map50 - pt.box.map50) <= 0.006  # OpenVINO's requantization order: test_openvino.OV_MAP_TOL
+        assert abs(ov.box.map50 - pt.box.map50) <= 0.01  # OpenVINO's requantization order: test_openvino.OV_MAP_TOL
     res = GhostYOLO(best).predict(str(easy_obb_yaml.parent / "images" / "val"), imgsz=IMGSZ, save=True,
                                   save_txt=True, project=str(tmp_path), name="pred", exist_ok=True)
     assert res[0].obb is not None and res[0].boxes is None and res[0].obb.xywhr.shape[-1] == 5

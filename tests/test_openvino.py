@@ -45,8 +45,9 @@ def ov_int(qtrained) -> tuple[Path, str]:
 
 # mAP50 of OpenVINO vs PyTorch on the 16 fixture images: OpenVINO requantizes in another order of float operations, and
 # on 16 images one detection that crosses the confidence order moves mAP50 by about 0.4 points (the 0.3-point
-# parity holds on 500-image val sets; the raw outputs and the detections are compared strictly below)
-OV_MAP_TOL = 0.006
+# parity holds on 500-image val sets; the raw outputs and the detections are compared strictly below). Two such
+# detections (0.8 points) were seen on an AVX2-only CPU, whose float kernels sum in another order again.
+OV_MAP_TOL = 0.01
 
 
 def _ov(folder: Path, x: torch.Tensor) -> np.ndarray:

@@ -20,6 +20,7 @@ from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from ghost_yolo.distill import freeze_float_self
+from ghost_yolo.nn.act_blend import blend_activations, set_blend, unblend
 from ghost_yolo.quant import (
     QuantState,
     average_bits,
@@ -33,8 +34,8 @@ from ghost_yolo.quant import (
 
 from .setup import start_qat
 
-__all__ = ("PHASE_CALLBACKS", "advance_kd_schedule", "freeze_if_already_quantized", "log_epoch_stats",
-           "save_float_teacher", "start_quantized_phase")
+__all__ = ("PHASE_CALLBACKS", "advance_act_anneal", "advance_kd_schedule", "freeze_if_already_quantized", "log_epoch_stats",
+           "save_float_teacher", "start_act_anneal", "start_quantized_phase")
 
 
 def _due(trainer: Any, event: str) -> bool:
@@ -163,6 +164,54 @@ def log_epoch_stats(trainer: Any) -> None:
         LOGGER.info(f"{colorstr('ghost:')} {term.stats_label}: " + " ".join(f"{i}:{v:.2f}" for i, v in values.items()))
 
 
+def start_act_anneal(trainer: Any, model: torch.nn.Module) -> None:
+    """``act_anneal=N``: check it fits the run and wrap the model's activations in ``ActBlend`` from SiLU (also on
+    resume: the epoch-start callback puts them back at once when the annealing is over)."""
+    epochs = int(trainer.args.act_anneal or 0)
+    if not epochs:
+        return
+    fp_epochs, quantized = int(trainer.args.fp_epochs or 0), trainer.quant_recipe.bits not in (None, 32)
+    if epochs < 0 or (epochs > fp_epochs if quantized else epochs >= trainer.args.epochs):
+        limit = f"at most fp_epochs={fp_epochs} (the float epochs before quantization)" if quantized else \
+            f"fewer than epochs={trainer.args.epochs}"
+        raise ValueError(f"act_anneal={epochs} must be {limit}: the activations finish sliding to the model's own "
+                         "before the run quantizes or ends")
+    if not blend_activations(model):
+        raise ValueError(f"act_anneal={epochs} slides conv activations from SiLU to the model's own, but this model's "
+                         "conv blocks use SiLU already: use it with a model whose YAML sets another act "
+                         "(ghost-n-relu.yaml)")
+    if RANK in {-1, 0} and not trainer.args.resume:
+        LOGGER.info(f"{colorstr('ghost:')} act_anneal={epochs}: conv activations slide from SiLU to the model's own "
+                    f"over the first {epochs} epoch{'s' * (epochs > 1)}; best.pt and patience count from epoch "
+                    f"{epochs + 1}")
+
+
+def advance_act_anneal(trainer: Any, event: str) -> None:
+    """Raise the ``ActBlend`` position of the model and its EMA each batch, with patience held off meanwhile; when the
+    annealing is over, put the plain activations back and restart best fitness and patience, so best.pt is a model with
+    the YAML's activation."""
+    epochs = int(getattr(trainer.args, "act_anneal", 0) or 0)
+    if not epochs:
+        return
+    models = [unwrap_model(trainer.model), *([trainer.ema.ema] if getattr(trainer, "ema", None) else [])]
+    if event == "on_train_epoch_start":
+        trainer._anneal_batch = 0
+        if trainer.epoch < epochs:  # fitness falls while the activations change: patience must not stop the run here
+            trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, trainer.epoch
+        elif sum(unblend(m) for m in models) and trainer.epoch == epochs:
+            trainer.best_fitness = None
+            trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, trainer.epoch
+            if RANK in {-1, 0}:
+                LOGGER.info(f"{colorstr('ghost:')} act_anneal: activations are the model's own from epoch "
+                            f"{trainer.epoch + 1}; best fitness and patience restart")
+        return
+    nb = max(len(trainer.train_loader), 1)
+    t = (trainer.epoch + getattr(trainer, "_anneal_batch", 0) / nb) / epochs
+    for m in models:
+        set_blend(m, t)
+    trainer._anneal_batch = getattr(trainer, "_anneal_batch", 0) + 1
+
+
 def _start_if_due(event: str) -> Callable[[Any], None]:
     def callback(trainer: Any) -> None:
         if _due(trainer, event):
@@ -175,10 +224,16 @@ def _schedule(event: str) -> Callable[[Any], None]:
     return lambda trainer: advance_kd_schedule(trainer, event)
 
 
+def _anneal(event: str) -> Callable[[Any], None]:
+    return lambda trainer: advance_act_anneal(trainer, event)
+
+
 # event -> ghost's callbacks for it, in order; they run before the user's callbacks for the same event
 PHASE_CALLBACKS: dict[str, list[Callable[[Any], None]]] = {
     "on_pretrain_routine_end": [_start_if_due("on_pretrain_routine_end"), freeze_if_already_quantized],
-    "on_train_epoch_start": [_start_if_due("on_train_epoch_start"), _schedule("on_train_epoch_start")],
-    "on_train_batch_start": [_schedule("on_train_batch_start")],
+    # the activations are the model's own before the quantized phase starts at the same epoch
+    "on_train_epoch_start": [_anneal("on_train_epoch_start"), _start_if_due("on_train_epoch_start"),
+                             _schedule("on_train_epoch_start")],
+    "on_train_batch_start": [_anneal("on_train_batch_start"), _schedule("on_train_batch_start")],
     "on_train_epoch_end": [log_epoch_stats],
 }

@@ -26,7 +26,7 @@ from ghost_yolo.utils.allocator import reuse_freed_memory
 from ghost_yolo.utils.plotting import plot_paired_images
 from ghost_yolo.utils.threads import training_threads
 
-from .phases import PHASE_CALLBACKS, start_quantized_phase
+from .phases import PHASE_CALLBACKS, start_act_anneal, start_quantized_phase
 from .setup import setup_qat
 from .summary import quant_report, summary_dict, summary_text, validate_float_self
 from .validator import VOC07_KEY, GhostOBBValidator, GhostValidator
@@ -82,6 +82,7 @@ class GhostTrainer(DetectionTrainer):
                   resumed_teacher=self.wdir / "float_teacher.pt" if self.args.resume else None)
         if weights:  # after the distiller exists, so a resumed run restores its gate projections too
             model.load(weights)
+        start_act_anneal(self, model)
         return model
 
     def build_recipes(self, model: GhostDetectionModel, trained: bool) -> tuple[QuantRecipe, DistillRecipe]:

@@ -36,9 +36,10 @@ from ghost_yolo.export.qdq import (
     trained_output_grids,
 )
 from ghost_yolo.quant import QuantState, output_quantizers, quant_state
+from ghost_yolo.utils.cpu import cpu_isa, has_vnni
 from ghost_yolo.utils.hints import ghost_hints
 
-EXPORT_KEYS = ("int4", "calib")  # ghost keys that are export options
+EXPORT_KEYS = ("int4", "calib", "u8_weights")  # ghost keys that are export options
 
 
 @dataclass
@@ -51,6 +52,7 @@ class ExportJob:
         stock: Ultralytics' export keys of the call.
         int4: Store weights at 4 bits or less as INT4 initializers (integer ONNX).
         calib: Images that fit the output grids of quantized models trained without ``out_quant``.
+        u8_weights: Store int8 weights that can overflow CPUs without VNNI as uint8 (``u8_weights=auto`` resolved).
         integer: Whether the model is exported as the integer model (quantizers active) rather than in float.
         overrides: The model's saved args (``GhostYOLO.overrides``).
         source: The checkpoint the model came from (ghost's own formats are written next to it).
@@ -66,6 +68,7 @@ class ExportJob:
     overrides: dict[str, Any]
     source: Path
     callbacks: dict | None = None
+    u8_weights: bool = False
 
 
 Writer = Callable[[ExportJob], str]  # a format's writer: the job -> the exported file
@@ -110,7 +113,7 @@ def export_ultralytics(job: ExportJob, exporter_cls: type[GhostExporter] | None 
     custom = {"imgsz": job.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
     args = {**split_ghost_args(job.overrides)[0], **custom, **job.stock, "mode": "export"}
     exporter = (exporter_cls or GhostExporter)(overrides=args, _callbacks=job.callbacks, int4=job.int4,
-                                               calib=job.calib,
+                                               calib=job.calib, u8_weights=job.u8_weights,
                                                calib_data=job.stock.get("data") or job.overrides.get("data"),
                                                modality=modality_for_channels(int(job.model.yaml.get("channels", 3))),
                                                integer=job.integer)
@@ -145,6 +148,20 @@ def refuse_quantized(fmt: str) -> None:
         "co-trained runs) or the float phase's best_fp.pt")
 
 
+def resolve_u8_weights(value: Any) -> bool:
+    """``u8_weights``: True/False as given; ``auto`` is True on a CPU without VNNI (where int8 weights can saturate)."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no", "none", ""):
+        return False
+    if v != "auto":
+        raise ValueError(f"u8_weights={value} is not one of True, False, auto")
+    return has_vnni() is False
+
+
 def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict[str, Any], source: Path,
                  callbacks: dict | None = None) -> str:
     """Export ``model`` as ``kwargs`` ask (Ultralytics' export keys plus ``EXPORT_KEYS``): the one dispatch point.
@@ -173,7 +190,8 @@ def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict
     registered = EXPORT_FORMATS.get(fmt)
     if quantized and not (registered and registered.quantized):
         refuse_quantized(fmt or "torchscript")
-    job = ExportJob(model, fmt, stock, bool(opts["int4"]), int(opts["calib"]), quantized, overrides, source, callbacks)
+    job = ExportJob(model, fmt, stock, bool(opts["int4"]), int(opts["calib"]), quantized, overrides, source, callbacks,
+                    u8_weights=resolve_u8_weights(opts["u8_weights"]))
     return (registered.writer if registered else export_ultralytics)(job)
 
 
@@ -182,6 +200,7 @@ class GhostExporter(Exporter):
 
     Args:
         int4 (bool): Store weights of layers at 4 bits or less as INT4 initializers (opset 21).
+        u8_weights (bool): Store int8 weights that can overflow CPUs without VNNI as uint8 with zero point 128.
         calib (int): Images that fit the block convs' 8-bit output grids of models trained without ``out_quant``.
         calib_data (str | None): Data YAML the calibration images come from (its val split).
         modality (str): Input modality of the model (selects the paired channels).
@@ -190,7 +209,7 @@ class GhostExporter(Exporter):
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
                  int4: bool | None = None, calib: int | None = None, calib_data: str | None = None,
-                 modality: str | None = None, integer: bool = False):
+                 modality: str | None = None, integer: bool = False, u8_weights: bool = False):
         """Ultralytics' exporter plus the integer-export options (None: cfg/default.yaml's)."""
         from ghost_yolo.cfg import ghost_defaults
 
@@ -198,7 +217,7 @@ class GhostExporter(Exporter):
         d = ghost_defaults()
         int4, calib = d["int4"] if int4 is None else int4, d["calib"] if calib is None else calib
         self.int4, self.calib, self.calib_data, self.modality = bool(int4), int(calib), calib_data, modality
-        self.integer = bool(integer)
+        self.integer, self.u8_weights = bool(integer), bool(u8_weights)
 
     def __call__(self, model: torch.nn.Module) -> str:
         """Export like Ultralytics; its closing 'Predict:'/'Validate:' hints print ``ghost`` commands (4-channel models
@@ -234,10 +253,21 @@ class GhostExporter(Exporter):
         bits = to_qdq(self.model, ranges)
         fast_decoding(self.model)  # the box logits now have exact bounds: the softmax may drop its max-subtraction
         self.metadata["quantized"] = json.dumps({"int4": self.int4, "bits": sorted(set(bits.values())),
-                                                 "layers": len(bits)})
+                                                 "layers": len(bits), "u8_weights": self.u8_weights})
         if self.int4:
             self.args.opset = min(self.args.opset or 20, 20)  # traced at <= 20, raised to 21 by finalize_qdq
         f = super().export_onnx(prefix)
-        counts = finalize_qdq(f, int4=self.int4)
-        LOGGER.info(f"{prefix} integer weights: {counts['int8']} int8 and {counts['int4']} INT4 initializers")
+        counts = finalize_qdq(f, int4=self.int4, u8_weights=self.u8_weights)
+        LOGGER.info(f"{prefix} integer weights: {counts['int8']} int8, {counts['uint8']} uint8 and {counts['int4']} "
+                    "INT4 initializers")
+        if risk := counts["at_risk"]:
+            what = (f"{len(risk)} of {counts['int8'] + counts['uint8'] + counts['int4']} integer convs have 8-bit "
+                    "weights whose pairwise products can overflow 16 bits on CPUs without VNNI (AVX2, AVX512 without "
+                    "VNNI: onnxruntime and OpenVINO saturate there)")
+            if self.u8_weights:
+                LOGGER.info(f"{prefix} {what}: stored as uint8 with zero point 128, exact on every CPU "
+                            "(u8_weights=False keeps int8: faster on VNNI/AMX CPUs, wrong boxes on the others)")
+            else:
+                LOGGER.warning(f"{prefix} {what}: stored as int8, exact on CPUs with VNNI or AMX only ({cpu_isa()} "
+                               "here). For AVX2 machines export with u8_weights=True")
         return f

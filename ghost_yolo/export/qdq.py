@@ -209,12 +209,25 @@ def _pack_int4(q: np.ndarray) -> bytes:
     return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
-def finalize_qdq(path: str | Path, int4: bool) -> dict[str, int]:
+def overflows_16bit(q: np.ndarray) -> bool:
+    """Whether int8 conv weight codes ``q`` (output channels first) can saturate ``vpmaddubsw``: it adds two uint8 x
+    int8 products in int16, and 255 x (|w1| + |w2|) exceeds 32767 once the two largest codes of a channel sum past 128
+    (any two weights of a channel may be paired, whatever order the runtime packs them in)."""
+    a = np.abs(q.reshape(q.shape[0], -1).astype(np.int32))
+    if a.shape[1] < 2:
+        return False
+    top2 = -np.partition(-a, 1, axis=1)[:, :2]
+    return bool((top2.sum(axis=1) > 128).any())
+
+
+def finalize_qdq(path: str | Path, int4: bool, u8_weights: bool = False) -> dict[str, Any]:
     """Store quantized weights as int8 (or INT4) initializers in the ONNX file at ``path``; returns counts.
 
     Every QuantizeLinear whose input is a constant is evaluated here (round half to even, saturate, exactly as ONNX
     defines it) and removed; its DequantizeLinear reads the integer initializer. With ``int4``, weights whose codes
-    all lie in -8..7 are stored as INT4 and the opset becomes 21.
+    all lie in -8..7 are stored as INT4 and the opset becomes 21. Weights that can overflow CPUs without VNNI
+    (``overflows_16bit``) are listed in ``counts["at_risk"]``; with ``u8_weights`` they are stored as uint8 codes + 128
+    with zero point 128 (the same values; onnxruntime then multiplies them exactly, in its u8 x u8 kernels).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -225,7 +238,7 @@ def finalize_qdq(path: str | Path, int4: bool) -> dict[str, int]:
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    remove, new_inits, counts = [], [], {"int8": 0, "int4": 0}
+    remove, new_inits, counts = [], [], {"int8": 0, "int4": 0, "uint8": 0, "at_risk": []}
     consts = _constants(g)
     for n in g.node:
         if n.op_type != "QuantizeLinear":
@@ -244,21 +257,31 @@ def finalize_qdq(path: str | Path, int4: bool) -> dict[str, int]:
         q = np.clip(np.rint(x / scale.reshape(shape)) + zp_arr.reshape(shape).astype(np.float32), -128, 127)
         q = q.astype(np.int8)
         four = int4 and q.min() >= -8 and q.max() <= 7 and not zp_arr.any()
+        risk = not four and not zp_arr.any() and q.ndim == 4 and overflows_16bit(q)
+        if risk:
+            counts["at_risk"].append(n.input[0])
         name = f"{n.input[0]}_q{'4' if four else '8'}"
-        if four:
+        if risk and u8_weights:
+            new_inits.append(numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8), name))
+            zname = f"{name}_zero_point"
+            new_inits.append(numpy_helper.from_array(np.full(zp_arr.shape, 128, np.uint8), zname))
+        elif four:
             new_inits.append(helper.make_tensor(name, TensorProto.INT4, q.shape, _pack_int4(q), raw=True))
             zname = f"{name}_zero_point"
             new_inits.append(helper.make_tensor(zname, TensorProto.INT4, zp_arr.shape,
                                                 _pack_int4(np.zeros(zp_arr.shape, np.int8)), raw=True))
         else:
             new_inits.append(numpy_helper.from_array(q, name))
-        counts["int4" if four else "int8"] += 1
+        counts["int4" if four else "uint8" if risk and u8_weights else "int8"] += 1
         for c in consumers.get(n.output[0], []):
             if c.op_type != "DequantizeLinear":
                 raise RuntimeError(f"unexpected {c.op_type} after the weight QuantizeLinear {n.name}")
             c.input[0] = name
-            if four:
-                c.input[2] = zname
+            if four or (risk and u8_weights):
+                if len(c.input) > 2:
+                    c.input[2] = zname
+                else:
+                    c.input.append(zname)
         remove.append(n)
     for n in remove:
         g.node.remove(n)
