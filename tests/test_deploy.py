@@ -89,8 +89,10 @@ def test_qdq_graph_is_integer_and_static(qtrained, easy_yaml):
     g = onnx.load(f).graph
     ops = [n.op_type for n in g.node]
     weights = {n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
-    int8 = [t for t in g.initializer if t.data_type == onnx.TensorProto.INT8 and t.name in weights]
-    assert len(int8) == n_int  # one int8 weight tensor per integer conv, nothing left as float
+    # one integer weight tensor per integer conv, nothing left as float: int8, or uint8 (+128) where it could saturate
+    # a CPU without VNNI and this CPU is one (u8_weights=auto, test_avx2_weights.py)
+    int8 = [t for t in g.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and t.name in weights]
+    assert len(int8) == n_int
     assert ops.count("QuantizeLinear") >= n_int and ops.count("DequantizeLinear") >= 2 * n_int
     assert "DynamicQuantizeLinear" not in ops
     reduce = [n.name for n in g.node if n.op_type in ("ReduceMax", "ReduceMin")]
@@ -140,7 +142,7 @@ def test_onnx_matches_fused_pytorch(qtrained, easy_yaml):
 
                 iou, j = box_iou(box[None], b.boxes.xyxy)[0].max(0)
                 matched += bool(iou > 0.95 and b.boxes.cls[j] == cls and abs(b.boxes.conf[j] - conf) < 0.01)
-    assert total > 0 and matched / total >= 0.9
+    assert total > 0 and matched / total >= (0.9 if has_vnni() is not False else 0.85)  # the SiLU flips, above
 
 
 def test_int4_initializers_and_parity(w4_model, easy_yaml):
@@ -155,7 +157,7 @@ def test_int4_initializers_and_parity(w4_model, easy_yaml):
     types = [t.data_type for t in m.graph.initializer if t.name in weights]
     convs = active_qconvs(_fused(w4_model)).values()
     assert types.count(onnx.TensorProto.INT4) == sum(c.bits <= 4 for c in convs)
-    assert types.count(onnx.TensorProto.INT8) == sum(c.bits > 4 for c in convs)
+    assert types.count(onnx.TensorProto.INT8) + types.count(onnx.TensorProto.UINT8) == sum(c.bits > 4 for c in convs)
     int4_params = sum(c.weight.numel() for c in convs if c.bits <= 4)
     saved = f8.stat().st_size - Path(f4).stat().st_size  # half a byte per 4-bit weight
     assert 0.45 * int4_params <= saved <= 0.55 * int4_params

@@ -67,8 +67,8 @@ class ExportJob:
     integer: bool
     overrides: dict[str, Any]
     source: Path
+    u8_weights: bool
     callbacks: dict | None = None
-    u8_weights: bool = False
 
 
 Writer = Callable[[ExportJob], str]  # a format's writer: the job -> the exported file
@@ -190,8 +190,8 @@ def export_model(model: torch.nn.Module, kwargs: dict[str, Any], overrides: dict
     registered = EXPORT_FORMATS.get(fmt)
     if quantized and not (registered and registered.quantized):
         refuse_quantized(fmt or "torchscript")
-    job = ExportJob(model, fmt, stock, bool(opts["int4"]), int(opts["calib"]), quantized, overrides, source, callbacks,
-                    u8_weights=resolve_u8_weights(opts["u8_weights"]))
+    job = ExportJob(model, fmt, stock, bool(opts["int4"]), int(opts["calib"]), quantized, overrides, source,
+                    resolve_u8_weights(opts["u8_weights"]), callbacks)
     return (registered.writer if registered else export_ultralytics)(job)
 
 
@@ -200,7 +200,8 @@ class GhostExporter(Exporter):
 
     Args:
         int4 (bool): Store weights of layers at 4 bits or less as INT4 initializers (opset 21).
-        u8_weights (bool): Store int8 weights that can overflow CPUs without VNNI as uint8 with zero point 128.
+        u8_weights (bool | str): Store int8 weights that can overflow CPUs without VNNI as uint8 with zero point 128
+            (``auto``: where this CPU has no VNNI).
         calib (int): Images that fit the block convs' 8-bit output grids of models trained without ``out_quant``.
         calib_data (str | None): Data YAML the calibration images come from (its val split).
         modality (str): Input modality of the model (selects the paired channels).
@@ -209,7 +210,7 @@ class GhostExporter(Exporter):
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
                  int4: bool | None = None, calib: int | None = None, calib_data: str | None = None,
-                 modality: str | None = None, integer: bool = False, u8_weights: bool = False):
+                 modality: str | None = None, integer: bool = False, u8_weights: bool | str | None = None):
         """Ultralytics' exporter plus the integer-export options (None: cfg/default.yaml's)."""
         from ghost_yolo.cfg import ghost_defaults
 
@@ -217,7 +218,8 @@ class GhostExporter(Exporter):
         d = ghost_defaults()
         int4, calib = d["int4"] if int4 is None else int4, d["calib"] if calib is None else calib
         self.int4, self.calib, self.calib_data, self.modality = bool(int4), int(calib), calib_data, modality
-        self.integer, self.u8_weights = bool(integer), bool(u8_weights)
+        self.integer = bool(integer)
+        self.u8_weights = resolve_u8_weights(d["u8_weights"] if u8_weights is None else u8_weights)
 
     def __call__(self, model: torch.nn.Module) -> str:
         """Export like Ultralytics; its closing 'Predict:'/'Validate:' hints print ``ghost`` commands (4-channel models

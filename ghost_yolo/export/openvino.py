@@ -208,8 +208,11 @@ class OpenVINOExporter(GhostExporter):
         LOGGER.info(f"{prefix} {report}")
         layers = (meta.get("quantized") or {}).get("layers", 0)
         if len(report.int8) < layers:
+            why = (" (weights stored as uint8 by u8_weights, so that a CPU without VNNI computes them exactly: OpenVINO "
+                   "runs those in f32; u8_weights=False for int8 on VNNI/AMX CPUs)"
+                   if (meta.get("quantized") or {}).get("u8_weights") else "")
             LOGGER.warning(f"{prefix} the model has {layers} quantized convolutions, but only {len(report.int8)} "
-                           f"execute in int8 on this {report.device}: the others run in float")
+                           f"execute in int8 on this {report.device}: the others run in float{why}")
         return f"{out}{os.sep}"
 
 

@@ -220,7 +220,7 @@ def overflows_16bit(q: np.ndarray) -> bool:
     return bool((top2.sum(axis=1) > 128).any())
 
 
-def finalize_qdq(path: str | Path, int4: bool, u8_weights: bool = False) -> dict[str, Any]:
+def finalize_qdq(path: str | Path, int4: bool, u8_weights: bool) -> dict[str, Any]:
     """Store quantized weights as int8 (or INT4) initializers in the ONNX file at ``path``; returns counts.
 
     Every QuantizeLinear whose input is a constant is evaluated here (round half to even, saturate, exactly as ONNX
