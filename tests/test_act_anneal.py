@@ -88,3 +88,30 @@ def test_act_anneal_refuses_what_it_cannot_do(easy_yaml, tmp_path, yaml, keys, m
     before any epoch runs."""
     with pytest.raises(ValueError, match=message):
         GhostYOLO(yaml).train(data=str(easy_yaml), project=str(tmp_path), name="x", plots=False, **keys)
+
+
+def test_patience_is_held_off_while_annealing():
+    """Fitness falls while SiLU turns into ReLU: Ultralytics' early stopping must not end the run then (a patience-6
+    run stopped after 8 of 30 epochs, mid-way, before this), and both patience and best fitness restart when the
+    model's own activations are back."""
+    from types import SimpleNamespace
+
+    from ultralytics.utils.torch_utils import EarlyStopping
+
+    from ghost_yolo.engine.phases import advance_act_anneal
+
+    m = GhostDetectionModel("ghost-n-relu.yaml", ch=4, nc=8, verbose=False)
+    blend_activations(m)
+    tr = SimpleNamespace(args=SimpleNamespace(act_anneal=3), model=m, ema=None, train_loader=[0] * 4,
+                         stopper=EarlyStopping(patience=1), best_fitness=0.5)
+    for epoch, fitness in enumerate((0.5, 0.3, 0.2)):  # falling for the whole annealing
+        tr.epoch = epoch
+        advance_act_anneal(tr, "on_train_epoch_start")
+        advance_act_anneal(tr, "on_train_batch_start")
+        assert next(a for a in _acts(m) if isinstance(a, ActBlend)).t == pytest.approx(epoch / 3)
+        assert not tr.stopper(epoch + 1, fitness)
+    tr.epoch = 3
+    advance_act_anneal(tr, "on_train_epoch_start")
+    assert not any(isinstance(a, ActBlend) for a in _acts(m)) and tr.best_fitness is None
+    assert not tr.stopper(4, 0.25)  # counts from here: its first epoch is the best so far
+    assert tr.stopper(5, 0.24)  # and patience works again after it
