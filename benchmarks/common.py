@@ -96,16 +96,11 @@ def cpu_name() -> str:
 
 
 def cpu_class() -> str:
-    """The CPU's class for integer and bf16 kernels, from its flags: AMX, AVX512-VNNI, AVX512, AVX2 or older, with
-    ``+bf16`` where it computes bfloat16 natively (what the runtimes pick their kernels by)."""
-    try:
-        flags = next((set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), set())
-    except OSError:
-        flags = set()
-    isa = ("AMX" if "amx_int8" in flags else "AVX512-VNNI" if "avx512_vnni" in flags else
-           "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "pre-AVX2" if flags else "unknown")
-    return isa + ("+bf16" if {"avx512_bf16", "amx_bf16"} & flags else "")
+    """The CPU's class for integer and bf16 kernels (``ghost_yolo.utils.cpu.cpu_isa``: AMX, AVX512-VNNI, AVX-VNNI,
+    AVX512, AVX2 or older), with ``+bf16`` where it computes bfloat16 natively (what the runtimes pick kernels by)."""
+    from ghost_yolo.utils.cpu import cpu_flags, cpu_isa
+
+    return cpu_isa() + ("+bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "")
 
 
 def class_slug() -> str:

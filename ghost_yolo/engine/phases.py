@@ -34,8 +34,8 @@ from ghost_yolo.quant import (
 
 from .setup import start_qat
 
-__all__ = ("PHASE_CALLBACKS", "advance_act_anneal", "advance_kd_schedule", "freeze_if_already_quantized", "log_epoch_stats",
-           "save_float_teacher", "start_act_anneal", "start_quantized_phase")
+__all__ = ("PHASE_CALLBACKS", "advance_act_anneal", "advance_kd_schedule", "freeze_if_already_quantized",
+           "log_epoch_stats", "save_float_teacher", "start_act_anneal", "start_quantized_phase")
 
 
 def _due(trainer: Any, event: str) -> bool:
